@@ -1,0 +1,523 @@
+"""Net: a DAG of layers built from a NetParameter, as Caffe's ``Net<float>``.
+
+Assembly is a pipeline of small passes, each a function of its own:
+
+1. :func:`filter_net` keeps the layers whose include/exclude rules match the
+   NetState (phase, level, stages);
+2. :func:`insert_splits` adds a Split layer wherever one blob feeds several
+   consumers, so their gradients add up;
+3. ``Net._wire`` creates the blobs (a top named like its bottom runs in place),
+   sets every layer up and records loss weights;
+4. ``Net._append_params`` shares parameters by ``ParamSpec.name`` and records
+   ``lr_mult`` / ``decay_mult``;
+5. :func:`need_backward` decides, in a reverse pass, which layers and bottoms
+   need a gradient at all.
+
+Then ``forward`` and ``backward`` are a loop over the layers each.
+"""
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from numcaffe.layers.base import create_layer
+from numcaffe.net import random as nc_random
+from numcaffe.net.blob import Blob, proto_array, proto_shape
+from numcaffe.net.config import parse_binary, read_bytes, read_message
+from numcaffe.net.errors import ConfigError, ModelFileError, NumcaffeError
+from numcaffe.net.proto import caffe_pb2
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+
+_PHASES = {"TRAIN": TRAIN, "TEST": TEST, "train": TRAIN, "test": TEST}
+
+
+def as_phase(phase):
+    if isinstance(phase, str):
+        try:
+            return _PHASES[phase]
+        except KeyError:
+            raise ConfigError(f"unknown phase {phase!r} (expected TRAIN or TEST)") from None
+    return int(phase)
+
+
+# ------------------------------------------------------------------ passes
+
+
+def state_meets_rule(state, rule):
+    """Whether a NetState satisfies one NetStateRule (Caffe's StateMeetsRule)."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def layer_included(layer, state):
+    if len(layer.include) and len(layer.exclude):
+        raise ConfigError(f"layer {layer.name!r} has both include and exclude rules; give only one kind")
+    if len(layer.include):
+        return any(state_meets_rule(state, r) for r in layer.include)
+    return not any(state_meets_rule(state, r) for r in layer.exclude)
+
+
+def filter_net(param, state):
+    """A copy of ``param`` holding only the layers that ``state`` includes."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    out.layer.extend(l for l in param.layer if layer_included(l, state))
+    return out
+
+
+def split_layer_name(layer_name, blob_name, top_index):
+    return f"{blob_name}_{layer_name}_{top_index}_split"
+
+
+def split_blob_name(layer_name, blob_name, top_index, split_index):
+    return f"{blob_name}_{layer_name}_{top_index}_split_{split_index}"
+
+
+def insert_splits(param):
+    """Insert Split layers where a top blob feeds more than one bottom (Caffe's InsertSplits).
+
+    A top that carries a loss weight and is also consumed gets a split as well,
+    the loss weight moving to the split's first top.
+    """
+    # Who produced the current version of each blob name, and who consumes each version.
+    last_producer = {}                 # blob name -> (layer index, top index)
+    consumers = {}                     # (layer index, top index) -> count of bottoms using it
+    bottom_source = {}                 # (layer index, bottom index) -> (layer index, top index)
+    loss_weight = {}                   # (layer index, top index) -> weight
+    for i, layer in enumerate(param.layer):
+        for j, name in enumerate(layer.bottom):
+            if name not in last_producer:
+                raise ConfigError(f"layer {layer.name!r} ({layer.type}): unknown bottom blob {name!r} "
+                                  f"(bottom {j}); no earlier layer produces it")
+            src = last_producer[name]
+            bottom_source[(i, j)] = src
+            consumers[src] = consumers.get(src, 0) + 1
+        for j, name in enumerate(layer.top):
+            last_producer[name] = (i, j)
+        for j, w in enumerate(layer.loss_weight):
+            loss_weight[(i, j)] = w
+
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    split_used = {}                    # (layer, top) -> next split index handed out
+    for i, layer in enumerate(param.layer):
+        new = out.layer.add()
+        new.CopyFrom(layer)
+        for j, name in enumerate(layer.bottom):
+            src = bottom_source[(i, j)]
+            if _needs_split(src, consumers, loss_weight):
+                k = split_used.get(src, 1 if loss_weight.get(src, 0.0) else 0)
+                split_used[src] = k + 1
+                new.bottom[j] = split_blob_name(param.layer[src[0]].name, name, src[1], k)
+        for j, name in enumerate(layer.top):
+            key = (i, j)
+            if not _needs_split(key, consumers, loss_weight):
+                continue
+            split = out.layer.add()
+            split.name = split_layer_name(layer.name, name, j)
+            split.type = "Split"
+            split.bottom.append(name)
+            n = consumers.get(key, 0)
+            w = loss_weight.get(key, 0.0)
+            for k in range(n):
+                split.top.append(split_blob_name(layer.name, name, j, k))
+            if w:
+                # As in Caffe, the loss moves to the split's first top (nobody consumes it)
+                # and the consumers take tops 1..n.
+                split.top.append(split_blob_name(layer.name, name, j, n))
+                split.loss_weight.extend([w] + [0.0] * n)
+                new.loss_weight[j] = 0.0
+    return out
+
+
+def _needs_split(key, consumers, loss_weight):
+    n = consumers.get(key, 0)
+    return n > 1 or (n >= 1 and loss_weight.get(key, 0.0) != 0.0)
+
+
+
+# ------------------------------------------------------------------ net
+
+
+class Net:
+    """A net for one phase, built from a prototxt, YAML or NetParameter.
+
+    ``Net(model_file, phase, weights=None, stages=(), level=0)`` as in pycaffe.
+    """
+
+    def __init__(self, model, phase=TRAIN, weights=None, stages=(), level=0, base_dir=None):
+        if isinstance(model, caffe_pb2.NetParameter):
+            param = caffe_pb2.NetParameter()
+            param.CopyFrom(model)
+            from numcaffe.net.upgrade import upgrade_message
+            upgrade_message(param, "<net>")
+            self.source = "<net>"
+        else:
+            model = os.fspath(model)
+            param = read_message(model, caffe_pb2.NetParameter)
+            self.source = model
+            if base_dir is None:
+                base_dir = os.path.dirname(os.path.abspath(model))
+        self.base_dir = base_dir
+        self.phase = as_phase(phase)
+        state = param.state
+        state.phase = self.phase
+        if level:
+            state.level = level
+        for s in stages:
+            if s not in state.stage:
+                state.stage.append(s)
+        self.name = param.name
+        self.param = param
+        self.debug_info = param.debug_info
+        filtered = filter_net(param, state)
+        self.net_param = insert_splits(filtered)
+        self._build(self.net_param)
+        if weights:
+            for w in ([weights] if isinstance(weights, (str, os.PathLike)) else weights):
+                self.copy_from(w)
+
+    # -- assembly -------------------------------------------------------------------
+    def _build(self, param):
+        self.layers = []
+        self._layer_names = []
+        self.blobs = OrderedDict()
+        self.bottom_vecs, self.top_vecs = [], []
+        self.bottom_names, self.top_names = [], []
+        self.bottom_need_backward = []
+        self.layer_need_backward = []
+        self.blob_need_backward = {}
+        self.inputs = []
+        self.params = OrderedDict()
+        self.learnable_params = []
+        self.params_lr = []
+        self.params_weight_decay = []
+        self.param_display_names = []
+        self._param_owner = {}            # ParamSpec name -> index into learnable_params
+        self._param_lr_set = {}
+        available = OrderedDict()
+        seen_layer_names = set()
+        for layer_param in param.layer:
+            if not layer_param.HasField("phase"):
+                layer_param.phase = self.phase
+            if layer_param.name in seen_layer_names:
+                raise ConfigError(f"{self.source}: two layers are named {layer_param.name!r}")
+            seen_layer_names.add(layer_param.name)
+            layer = create_layer(layer_param)
+            layer.base_dir = self.base_dir
+            layer.rng = nc_random.new_generator()
+            bottoms, tops = [], []
+            need = []
+            if len(layer_param.propagate_down) not in (0, len(layer_param.bottom)):
+                raise ConfigError(f"layer {layer_param.name!r}: propagate_down must be given once per bottom "
+                                  f"({len(layer_param.bottom)} bottoms, {len(layer_param.propagate_down)} given)")
+            for j, name in enumerate(layer_param.bottom):
+                if name not in self.blobs:
+                    raise ConfigError(f"layer {layer_param.name!r} ({layer_param.type}): unknown bottom blob "
+                                      f"{name!r} (bottom {j})")
+                bottoms.append(self.blobs[name])
+                ok = self.blob_need_backward[name]
+                if len(layer_param.propagate_down):
+                    ok = ok and layer_param.propagate_down[j]
+                need.append(ok)
+                available.pop(name, None)
+            for j, name in enumerate(layer_param.top):
+                if j < len(layer_param.bottom) and layer_param.bottom[j] == name:
+                    tops.append(self.blobs[name])          # in place
+                elif name in self.blobs:
+                    raise ConfigError(f"layer {layer_param.name!r}: top blob {name!r} is produced by more "
+                                      f"than one layer (only in-place reuse, top == bottom at the same "
+                                      f"position, is allowed)")
+                else:
+                    blob = Blob()
+                    self.blobs[name] = blob
+                    tops.append(blob)
+                available[name] = True
+                if layer_param.type == "Input":
+                    self.inputs.append(name)
+            try:
+                layer.SetUp(bottoms, tops)
+            except NumcaffeError as e:
+                msg = str(e)
+                prefix = f"layer {layer_param.name!r}"
+                raise type(e)(msg if prefix in msg else f"{prefix} ({layer_param.type}): {msg}") from None
+            self.layers.append(layer)
+            self._layer_names.append(layer_param.name)
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+            self.bottom_names.append(list(layer_param.bottom))
+            self.top_names.append(list(layer_param.top))
+            layer_needs = any(need)
+            layer_needs |= self._append_params(layer, layer_param)
+            for name in layer_param.top:
+                self.blob_need_backward[name] = layer_needs
+            self.bottom_need_backward.append(need)
+            self.layer_need_backward.append(layer_needs)
+        self._prune_backward(param)
+        self.outputs = sorted(available)   # Caffe keeps them in a std::set: sorted by name
+        self._layer_index = {n: i for i, n in enumerate(self._layer_names)}
+
+    def _append_params(self, layer, layer_param):
+        """Register the layer's learnable blobs; share by ParamSpec name. Returns param need."""
+        if not layer.blobs:
+            return False
+        if len(layer_param.param) > len(layer.blobs):
+            raise ConfigError(f"layer {layer.name!r} ({layer.type}) has {len(layer.blobs)} parameter blob(s) "
+                              f"but {len(layer_param.param)} param specs")
+        self.params[layer.name] = layer.blobs
+        any_need = False
+        for j, blob in enumerate(layer.blobs):
+            spec = layer_param.param[j] if j < len(layer_param.param) else caffe_pb2.ParamSpec()
+            lr = spec.lr_mult
+            name = spec.name
+            if name and name in self._param_owner:
+                k = self._param_owner[name]
+                owner = self.learnable_params[k]
+                strict = spec.share_mode == caffe_pb2.ParamSpec.STRICT
+                if (owner.shape != blob.shape) if strict else (owner.count != blob.count):
+                    raise ConfigError(f"layer {layer.name!r}: shared parameter {name!r} has shape {blob.shape} "
+                                      f"here but {owner.shape} where it was first defined")
+                blob.share_data(owner)
+                blob.share_diff(owner)
+                if spec.HasField("lr_mult"):
+                    if k in self._param_lr_set and self._param_lr_set[k] != spec.lr_mult:
+                        raise ConfigError(f"layer {layer.name!r}: shared parameter {name!r} has lr_mult "
+                                          f"{spec.lr_mult} but {self._param_lr_set[k]} elsewhere")
+                    self._param_lr_set[k] = spec.lr_mult
+                    self.params_lr[k] = spec.lr_mult
+                if spec.HasField("decay_mult"):
+                    self.params_weight_decay[k] = spec.decay_mult
+                lr = self.params_lr[k]
+            else:
+                k = len(self.learnable_params)
+                self.learnable_params.append(blob)
+                self.params_lr.append(spec.lr_mult)
+                self.params_weight_decay.append(spec.decay_mult)
+                self.param_display_names.append(name or f"{layer.name}[{j}]")
+                if spec.HasField("lr_mult"):
+                    self._param_lr_set[k] = spec.lr_mult
+                if name:
+                    self._param_owner[name] = k
+            need = lr != 0
+            layer.param_propagate_down[j] = need
+            any_need |= need
+        return any_need
+
+    def _prune_backward(self, param):
+        """Caffe's reverse pass: skip layers that lead to no loss or get no gradient."""
+        under_loss, skip = set(), set()
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            contributes, skip_down = False, True
+            for j, name in enumerate(self.top_names[i]):
+                if layer.loss(j) or name in under_loss:
+                    contributes = True
+                if name not in skip:
+                    skip_down = False
+            if self.layer_need_backward[i] and skip_down:
+                self.layer_need_backward[i] = False
+                self.bottom_need_backward[i] = [False] * len(self.bottom_need_backward[i])
+            if not contributes:
+                self.layer_need_backward[i] = False
+            for j, name in enumerate(self.bottom_names[i]):
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    self.bottom_need_backward[i][j] = False
+                if not self.bottom_need_backward[i][j]:
+                    skip.add(name)
+        if param.force_backward:
+            for i, layer in enumerate(self.layers):
+                self.layer_need_backward[i] = True
+                for j, name in enumerate(self.bottom_names[i]):
+                    self.bottom_need_backward[i][j] = (self.bottom_need_backward[i][j]
+                                                       or layer.allow_force_backward(j))
+                    self.blob_need_backward[name] = self.blob_need_backward.get(name) or \
+                        self.bottom_need_backward[i][j]
+                layer.param_propagate_down = [True] * len(layer.blobs)
+
+    # -- running --------------------------------------------------------------------
+    def ForwardFromTo(self, start, end):
+        loss = 0.0
+        for i in range(start, end + 1):
+            loss += self.layers[i].Forward(self.bottom_vecs[i], self.top_vecs[i])
+        return loss
+
+    def Forward(self):
+        """Run every layer forward; returns the total weighted loss."""
+        return self.ForwardFromTo(0, len(self.layers) - 1)
+
+    def BackwardFromTo(self, start, end):
+        for i in range(start, end - 1, -1):
+            if self.layer_need_backward[i]:
+                self.layers[i].Backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+
+    def Backward(self):
+        self.BackwardFromTo(len(self.layers) - 1, 0)
+
+    def ForwardBackward(self):
+        loss = self.Forward()
+        self.Backward()
+        return loss
+
+    def Reshape(self):
+        for layer, b, t in zip(self.layers, self.bottom_vecs, self.top_vecs):
+            layer.Reshape(b, t)
+
+    def ClearParamDiffs(self):
+        for p in self.learnable_params:
+            p.flat_diff[...] = 0.0
+
+    # -- pycaffe's API --------------------------------------------------------------------
+    @property
+    def layer_dict(self):
+        return OrderedDict(zip(self._layer_names, self.layers))
+
+    def layer_index(self, name):
+        try:
+            return self._layer_index[name]
+        except KeyError:
+            raise ConfigError(f"net has no layer {name!r}") from None
+
+    def _set_blobs(self, values, what):
+        for name, value in values.items():
+            if name not in self.blobs:
+                raise ConfigError(f"net has no blob {name!r} to set the {what} of")
+            blob = self.blobs[name]
+            value = np.asarray(value, dtype=np.float32)
+            if value.shape != blob.shape:
+                if what == "data" and name in self.inputs:
+                    blob.reshape(value.shape)
+                else:
+                    raise ConfigError(f"blob {name!r} has shape {blob.shape}; the {what} given has "
+                                      f"shape {value.shape}")
+            getattr(blob, what)[...] = value
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """Set inputs from ``kwargs``, run forward, return {output name: data array}."""
+        self._set_blobs(kwargs, "data")
+        s = 0 if start is None else self.layer_index(start)
+        e = len(self.layers) - 1 if end is None else self.layer_index(end)
+        self.ForwardFromTo(s, e)
+        names = self.outputs if end is None else self.top_names[e]
+        names = list(names) + [b for b in (blobs or ()) if b not in names]
+        return {n: self.blobs[n].data for n in names}
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """Set output diffs from ``kwargs``, run backward, return {input name: diff array}."""
+        self._set_blobs(kwargs, "diff")
+        s = len(self.layers) - 1 if start is None else self.layer_index(start)
+        e = 0 if end is None else self.layer_index(end)
+        self.BackwardFromTo(s, e)
+        names = self.inputs if end is None else self.bottom_names[e]
+        names = list(names) + [b for b in (diffs or ()) if b not in names]
+        return {n: self.blobs[n].diff for n in names}
+
+    def reshape(self):
+        self.Reshape()
+
+    # -- weights ---------------------------------------------------------------------------------
+    def share_trained_layers_with(self, other):
+        """Use ``other``'s parameter data (Caffe's ShareTrainedLayersWith), by layer name."""
+        for layer in self.layers:
+            if layer.name not in other.params or not layer.blobs:
+                continue
+            src = other.params[layer.name]
+            if len(src) != len(layer.blobs):
+                raise ConfigError(f"layer {layer.name!r}: {len(layer.blobs)} parameter blobs here, "
+                                  f"{len(src)} in the net it shares with")
+            for mine, theirs in zip(layer.blobs, src):
+                if mine.shape != theirs.shape:
+                    raise ConfigError(f"layer {layer.name!r}: cannot share a parameter of shape "
+                                      f"{theirs.shape} into one of shape {mine.shape}")
+                mine.share_data(theirs)
+
+    def copy_from(self, source):
+        """Copy weights by layer name from a .caffemodel (binary or HDF5) or a NetParameter."""
+        if isinstance(source, caffe_pb2.NetParameter):
+            param, where = source, "<net>"
+        else:
+            where = os.fspath(source)
+            if where.endswith((".h5", ".hdf5")):
+                from numcaffe.net.hdf5 import load_net_hdf5
+                return load_net_hdf5(self, where)
+            raw = read_bytes(where, "weights file")
+            param = caffe_pb2.NetParameter()
+            parse_binary(raw, param, where)
+            if not len(param.layer) and not len(param.layers):
+                raise ModelFileError(f"{where}: holds no layers; is it a .caffemodel?")
+        sources = [(l.name, l.blobs) for l in param.layer] + [(l.name, l.blobs) for l in param.layers]
+        copied = 0
+        for name, blobs in sources:
+            if name not in self._layer_index:
+                continue
+            layer = self.layers[self._layer_index[name]]
+            if len(blobs) == 0:
+                continue
+            if len(blobs) != len(layer.blobs):
+                raise ModelFileError(f"{where}: layer {name!r} has {len(blobs)} parameter blob(s) in the file "
+                                     f"but {len(layer.blobs)} in the net")
+            for j, (bp, blob) in enumerate(zip(blobs, layer.blobs)):
+                if not shapes_match(bp, blob.shape):
+                    raise ModelFileError(f"{where}: layer {name!r} parameter {j}: the file has shape "
+                                         f"{proto_shape(bp)}, the net expects {blob.shape}")
+                blob.data[...] = proto_array(bp, blob.shape)
+            copied += 1
+        return copied
+
+    def to_proto(self, write_diff=False):
+        """The net and its weights as a NetParameter, as Caffe's Net::ToProto writes it."""
+        out = caffe_pb2.NetParameter()
+        out.name = self.name
+        for layer in self.layers:
+            lp = out.layer.add()
+            lp.CopyFrom(layer.layer_param)
+            lp.ClearField("blobs")
+            for blob in layer.blobs:
+                blob.to_proto(lp.blobs.add(), write_diff)
+        return out
+
+    def save(self, path):
+        """Write the weights as a binary .caffemodel (or HDF5 for .h5), atomically."""
+        path = os.fspath(path)
+        if path.endswith((".h5", ".hdf5")):
+            from numcaffe.net.hdf5 import save_net_hdf5
+            return save_net_hdf5(self, path)
+        from numcaffe.net.io import atomic_write
+        atomic_write(path, self.to_proto().SerializeToString())
+
+    # -- state for exact resume ------------------------------------------------------------------
+    def get_state(self):
+        return {name: layer.get_state() for name, layer in zip(self._layer_names, self.layers)}
+
+    def set_state(self, state):
+        for name, layer in zip(self._layer_names, self.layers):
+            if name in state:
+                layer.set_state(state[name])
+
+    def __repr__(self):
+        return f"Net({self.name!r}, {len(self.layers)} layers)"
+
+
+def shapes_match(proto, shape):
+    """Caffe's Blob::ShapeEquals: the legacy 4-D form compares left-padded with ones."""
+    if proto.HasField("shape"):
+        return tuple(proto.shape.dim) == tuple(shape)
+    if len(shape) > 4:
+        return False
+    legacy = (1,) * (4 - len(shape)) + tuple(shape)
+    return legacy == (proto.num, proto.channels, proto.height, proto.width)

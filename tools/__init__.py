@@ -1,0 +1,1 @@
+"""numcaffe package."""

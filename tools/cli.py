@@ -1,0 +1,103 @@
+"""The ``numcaffe`` command line: ``numcaffe <command> [flags]``.
+
+Each command lives in its own module of this package and declares::
+
+    COMMAND = "train"                 # the subcommand name
+    HELP = "one line for --help"
+    def add_arguments(parser): ...    # argparse flags, Caffe's names
+    def run(args): ...                # returns the exit status (0 or None for success)
+
+The modules are found by walking the package, so adding a command touches no
+other file.  Caffe's gflags spellings work too: ``-solver x``, ``-solver=x``
+and ``--solver=x`` all mean ``--solver x``.
+
+Every failure caused by the user's input is a :class:`NumcaffeError`: it is
+printed as one line, ``numcaffe: error: ...``, with exit status 1 and no
+traceback; ``--debug`` shows the traceback.
+"""
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import numcaffe.tools as _pkg
+from numcaffe.net.errors import NumcaffeError
+
+
+def _commands():
+    found = {}
+    for info in pkgutil.iter_modules(_pkg.__path__):
+        if info.name in ("cli",) or info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"numcaffe.tools.{info.name}")
+        name = getattr(mod, "COMMAND", None)
+        if name:
+            found[name] = mod
+    return dict(sorted(found.items()))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        print(f"numcaffe: error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def build_parser(commands=None):
+    commands = _commands() if commands is None else commands
+    parser = _Parser(prog="numcaffe", description="numcaffe: Caffe, done right in Python. "
+                     "Train, test and time nets defined in prototxt or YAML.")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, mod in commands.items():
+        p = sub.add_parser(name, help=getattr(mod, "HELP", ""), description=getattr(mod, "HELP", None))
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show a traceback on errors")
+        mod.add_arguments(p)
+    return parser
+
+
+def _gflags_to_argparse(argv, parser):
+    """Accept Caffe's single-dash long flags (``-solver x``, ``-solver=x``)."""
+    long_opts = set()
+    for action in parser._actions:
+        long_opts.update(o for o in action.option_strings if o.startswith("--"))
+    sub = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if sub:
+        for p in sub[0].choices.values():
+            for action in p._actions:
+                long_opts.update(o for o in action.option_strings if o.startswith("--"))
+    out = []
+    for a in argv:
+        if a.startswith("-") and not a.startswith("--") and len(a) > 2:
+            name = a.split("=", 1)[0]
+            if "-" + name in long_opts:
+                a = "-" + a
+        out.append(a)
+    return out
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = _commands()
+    parser = build_parser(commands)
+    argv = _gflags_to_argparse(argv, parser)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        status = commands[args.command].run(args)
+    except NumcaffeError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"numcaffe: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("numcaffe: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
