@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+import numcaffe.layers  # noqa: F401  (registers every layer type)
 from numcaffe.layers.base import create_layer
 from numcaffe.net import random as nc_random
 from numcaffe.net.blob import Blob, proto_array, proto_shape
