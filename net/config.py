@@ -113,6 +113,8 @@ def parse_text(text, msg, path="<string>"):
         text_format.Parse(text, msg)
     except text_format.ParseError as e:
         line = f":{e.GetLine()}" if e.GetLine() else ""
+        if e.GetLine() and e.GetColumn():
+            line += f":{e.GetColumn()}"
         detail = str(e)
         detail = re.sub(r"^\d+:\d+ : ", "", detail)
         raise ConfigError(f"{path}{line}: {detail}") from None
@@ -174,7 +176,7 @@ def _fill_message(msg, node, ctx, depth=0):
             near = difflib.get_close_matches(name, list(desc.fields_by_name), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
             raise ctx.error(key_node, f"{desc.name} has no field {name!r}{hint}")
-        if field.label == FD.LABEL_REPEATED:
+        if field.is_repeated:
             items = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
             container = getattr(msg, name)
             for item in items:
@@ -263,7 +265,7 @@ def message_to_yaml_data(msg):
     """The plain-data form of ``msg`` whose YAML reads back to the same message."""
     out = {}
     for field, value in msg.ListFields():
-        if field.label == FD.LABEL_REPEATED:
+        if field.is_repeated:
             out[field.name] = [_field_value(field, v) for v in value]
         else:
             out[field.name] = _field_value(field, value)
