@@ -16,6 +16,7 @@ gives one, and the offending name.
 import os
 import re
 
+import numpy as np
 import yaml
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
@@ -266,7 +267,9 @@ def message_to_yaml_data(msg):
     out = {}
     for field, value in msg.ListFields():
         if field.is_repeated:
-            out[field.name] = [_field_value(field, v) for v in value]
+            items = [_field_value(field, v) for v in value]
+            # A one-element list is written as its element (`bottom: data`); it reads back the same.
+            out[field.name] = items[0] if len(items) == 1 else items
         else:
             out[field.name] = _field_value(field, value)
     return out
@@ -280,13 +283,18 @@ def _field_value(field, value):
         return ev.name if ev is not None else value
     if field.type == FD.TYPE_BYTES:
         return value.decode("utf-8", errors="replace")
-    if field.type in _FLOAT_TYPES:
+    if field.type == FD.TYPE_FLOAT:
+        return float(str(np.float32(value)))  # shortest text that reads back to the same float32
+    if field.type == FD.TYPE_DOUBLE:
         return float(value)
     return value
 
 
 def to_yaml(msg):
-    return yaml.safe_dump(message_to_yaml_data(msg), sort_keys=False, default_flow_style=None, width=100)
+    """YAML text for ``msg``: block style at the top level, compact flow style for small leaves."""
+    data = message_to_yaml_data(msg)
+    return "".join(yaml.safe_dump({k: v}, sort_keys=False, default_flow_style=None, width=100)
+                   for k, v in data.items())
 
 
 def to_text(msg):
