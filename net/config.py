@@ -293,7 +293,8 @@ def _field_value(field, value):
 def to_yaml(msg):
     """YAML text for ``msg``: block style at the top level, compact flow style for small leaves."""
     data = message_to_yaml_data(msg)
-    return "".join(yaml.safe_dump({k: v}, sort_keys=False, default_flow_style=None, width=100)
+    return "".join(yaml.safe_dump({k: v}, sort_keys=False, width=100,
+                                  default_flow_style=None if isinstance(v, (dict, list)) else False)
                    for k, v in data.items())
 
 
