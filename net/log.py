@@ -1,0 +1,56 @@
+"""Logging in glog's line format, so Caffe's log parsers read numcaffe's logs.
+
+A line looks like Caffe's::
+
+    I1123 08:55:01.123456 12345 solver.py:218] Iteration 100, lr = 0.01
+
+(severity letter, month and day, time with microseconds, thread id, source
+file and line, then the message).  :func:`get_logger` returns the shared
+``numcaffe`` logger; the first call attaches a stderr handler with that format.
+"""
+import logging
+import os
+import sys
+import threading
+import time
+
+_LETTER = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E",
+           logging.CRITICAL: "F"}
+
+
+class GlogFormatter(logging.Formatter):
+    """Formats records as glog does (``IMMDD HH:MM:SS.uuuuuu tid file:line] msg``)."""
+
+    def __init__(self, with_year=False):
+        super().__init__()
+        self.with_year = with_year
+
+    def format(self, record):
+        t = time.localtime(record.created)
+        micros = int((record.created - int(record.created)) * 1e6)
+        date = time.strftime("%Y%m%d" if self.with_year else "%m%d", t)
+        head = (f"{_LETTER.get(record.levelno, 'I')}{date} {time.strftime('%H:%M:%S', t)}.{micros:06d} "
+                f"{threading.get_native_id() if record.thread == threading.get_ident() else record.thread % 100000:>5} "
+                f"{os.path.basename(record.pathname)}:{record.lineno}] ")
+        text = record.getMessage()
+        return "\n".join(head + line if i == 0 else line for i, line in enumerate(text.split("\n")))
+
+
+def get_logger(name="numcaffe"):
+    logger = logging.getLogger(name)
+    root = logging.getLogger("numcaffe")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(GlogFormatter())
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+    return logger
+
+
+def add_log_file(path):
+    """Also write the log to ``path`` (as glog's --log_dir would)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(GlogFormatter())
+    get_logger().addHandler(handler)
+    return handler

@@ -1,0 +1,30 @@
+"""`numcaffe time` prints Caffe's benchmark lines for every layer."""
+import re
+
+from numcaffe.tools.cli import main
+
+NET = """
+name: "tiny"
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 8 dim: 6 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
+layer { name: "act" type: "ReLU" bottom: "y" top: "y" }
+"""
+
+
+def test_time_prints_per_layer_and_average_lines(tmp_path, capsys):
+    path = tmp_path / "tiny.prototxt"
+    path.write_text(NET)
+    assert main(["time", "--model", str(path), "--iterations", "3"]) == 0
+    err = capsys.readouterr().err
+    for name in ("in", "ip", "act"):
+        assert re.search(rf"\] +{name}\tforward: [\d.e-]+ ms\.", err)
+        assert re.search(rf"\] +{name}\tbackward: [\d.e-]+ ms\.", err)
+    for what in ("Average Forward pass", "Average Backward pass", "Average Forward-Backward"):
+        assert re.search(rf"\] {what}: [\d.e-]+ ms\.", err)
+    assert err.count("forward-backward time") == 3
+
+
+def test_time_with_bad_model_is_one_clean_error(tmp_path, capsys):
+    assert main(["time", "--model", str(tmp_path / "missing.prototxt")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().startswith("numcaffe: error:") and "missing.prototxt" in err and "Traceback" not in err
