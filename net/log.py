@@ -36,11 +36,26 @@ class GlogFormatter(logging.Formatter):
         return "\n".join(head + line if i == 0 else line for i, line in enumerate(text.split("\n")))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (so redirection and capture work)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def get_logger(name="numcaffe"):
     logger = logging.getLogger(name)
     root = logging.getLogger("numcaffe")
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(GlogFormatter())
         root.addHandler(handler)
         root.setLevel(logging.INFO)
