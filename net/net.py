@@ -356,6 +356,8 @@ class Net:
         loss = 0.0
         for i in range(start, end + 1):
             loss += self.layers[i].Forward(self.bottom_vecs[i], self.top_vecs[i])
+            if self.debug_info:
+                self._forward_debug_info(i)
         return loss
 
     def Forward(self):
@@ -366,6 +368,74 @@ class Net:
         for i in range(start, end - 1, -1):
             if self.layer_need_backward[i]:
                 self.layers[i].Backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+                if self.debug_info:
+                    self._backward_debug_info(i)
+
+    # -- debugging: Caffe's debug_info lines and a NaN/Inf locator ------------------------
+    def _forward_debug_info(self, i):
+        log = _log()
+        name = self._layer_names[i]
+        for blob_name, blob in zip(self.top_names[i], self.top_vecs[i]):
+            log.info("    [Forward] Layer %s, top blob %s data: %.6g", name, blob_name, _abs_mean(blob.flat_data))
+        for j, blob in enumerate(self.layers[i].blobs):
+            log.info("    [Forward] Layer %s, param blob %d data: %.6g", name, j, _abs_mean(blob.flat_data))
+
+    def _backward_debug_info(self, i):
+        log = _log()
+        name = self._layer_names[i]
+        for j, (blob_name, blob) in enumerate(zip(self.bottom_names[i], self.bottom_vecs[i])):
+            if self.bottom_need_backward[i][j]:
+                log.info("    [Backward] Layer %s, bottom blob %s diff: %.6g", name, blob_name,
+                         _abs_mean(blob.flat_diff))
+        for j, blob in enumerate(self.layers[i].blobs):
+            if self.layers[i].param_propagate_down[j]:
+                log.info("    [Backward] Layer %s, param blob %d diff: %.6g", name, j, _abs_mean(blob.flat_diff))
+
+    def update_debug_info(self):
+        """Caffe's per-parameter [Update] lines (the solver calls this after an update)."""
+        log = _log()
+        for k, blob in enumerate(self.learnable_params):
+            log.info("    [Update] Layer %s, param %s data: %.6g; diff: %.6g", self._param_layer_name(k),
+                     self.param_display_names[k], _abs_mean(blob.flat_data), _abs_mean(blob.flat_diff))
+
+    def _param_layer_name(self, k):
+        target = self.learnable_params[k]
+        for name, blobs in self.params.items():
+            if any(b is target for b in blobs):
+                return name
+        return "?"
+
+    def locate_nonfinite(self):
+        """Re-run forward and backward on the current inputs, checking every blob.
+
+        Returns ``(phase, layer name, what)`` for the first NaN or Inf, e.g.
+        ``("forward", "ip1", "top blob ip1 data")``, or None when all values are
+        finite.  Layers without bottoms (data layers) are not re-run, so the
+        batch already loaded is the one examined.
+        """
+        for i, layer in enumerate(self.layers):
+            if not self.bottom_vecs[i]:
+                continue
+            layer.Forward(self.bottom_vecs[i], self.top_vecs[i])
+            for blob_name, blob in zip(self.top_names[i], self.top_vecs[i]):
+                if not np.isfinite(blob.flat_data).all():
+                    return ("forward", layer.name, f"top blob {blob_name!r} data")
+        for i in range(len(self.layers) - 1, -1, -1):
+            if not self.layer_need_backward[i]:
+                continue
+            layer = self.layers[i]
+            layer.Backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
+            for j, (blob_name, blob) in enumerate(zip(self.bottom_names[i], self.bottom_vecs[i])):
+                if self.bottom_need_backward[i][j] and not np.isfinite(blob.flat_diff).all():
+                    return ("backward", layer.name, f"bottom blob {blob_name!r} diff")
+            for j, blob in enumerate(layer.blobs):
+                if layer.param_propagate_down[j] and not np.isfinite(blob.flat_diff).all():
+                    return ("backward", layer.name, f"parameter {j} diff")
+        for i, layer in enumerate(self.layers):
+            for j, blob in enumerate(layer.blobs):
+                if not np.isfinite(blob.flat_data).all():
+                    return ("weights", layer.name, f"parameter {j} data")
+        return None
 
     def Backward(self):
         self.BackwardFromTo(len(self.layers) - 1, 0)
@@ -512,6 +582,15 @@ class Net:
 
     def __repr__(self):
         return f"Net({self.name!r}, {len(self.layers)} layers)"
+
+
+def _abs_mean(values):
+    return float(np.abs(values).mean()) if values.size else 0.0
+
+
+def _log():
+    from numcaffe.net.log import get_logger
+    return get_logger("numcaffe.net")
 
 
 def shapes_match(proto, shape):
