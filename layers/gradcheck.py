@@ -41,8 +41,9 @@ def check_layer(layer, bottom, top, check_bottom=None, step=1e-2, threshold=1e-2
     """Check ``layer``'s gradients; returns a list of :class:`BlobReport`.
 
     ``check_bottom``: indices of bottoms to check (default all).  Parameters
-    are always checked.  At most ``max_checks`` elements per blob are tried,
-    picked at random, so large blobs stay cheap.
+    are checked unless the layer sets ``param_propagate_down[j]`` False.  At
+    most ``max_checks`` elements per blob are tried, picked at random, so large
+    blobs stay cheap.
     """
     rs = np.random.RandomState(seed)
     if setup:
@@ -69,7 +70,9 @@ def check_layer(layer, bottom, top, check_bottom=None, step=1e-2, threshold=1e-2
     layer.Backward(top, propagate, bottom)
 
     targets = [(f"bottom[{i}]", bottom[i]) for i in check_bottom]
-    targets += [(f"param[{j}]", p) for j, p in enumerate(layer.blobs)]
+    # Blobs the layer marks as taking no gradient (BatchNorm's statistics) are not checked.
+    targets += [(f"param[{j}]", p) for j, p in enumerate(layer.blobs)
+                if j >= len(layer.param_propagate_down) or layer.param_propagate_down[j]]
     analytic = {label: blob.flat_diff.astype(np.float64).copy() for label, blob in targets}
 
     reports = []
