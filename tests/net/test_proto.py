@@ -328,6 +328,7 @@ NUMCAFFE_EXTENSIONS = {
         "early_stop_test_net": 1014,
     },
     "SolverState": {"numcaffe_state": 1001},
+    "DropoutParameter": {"scale_train": 1001},
     # Caffe's own high numbers in its legacy messages.
     "V1LayerParameter": {"param": 1001, "blob_share_mode": 1002},
     "V0LayerParameter": {"hdf5_output_param": 1001},
@@ -380,7 +381,7 @@ def _caffe_only_classes():
 
     file_proto = descriptor_pb2.FileDescriptorProto()
     caffe_pb2.DESCRIPTOR.CopyToProto(file_proto)
-    ours = {"LayerParameter", "SolverParameter", "SolverState"}
+    ours = {"LayerParameter", "SolverParameter", "SolverState", "DropoutParameter"}
     for message in file_proto.message_type:
         if message.name in ours:
             keep = [f for f in message.field if f.number < 1000]
