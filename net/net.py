@@ -501,6 +501,14 @@ class Net:
     def reshape(self):
         self.Reshape()
 
+    def set_input_arrays(self, data, labels, layer_idx=0):
+        """pycaffe: hand (N, C, H, W) data and N labels to the MemoryData layer at ``layer_idx``."""
+        layer = self.layers[layer_idx]
+        if layer.type != "MemoryData":
+            raise ConfigError(f"set_input_arrays needs a MemoryData layer; layer {layer_idx} "
+                              f"({layer.name!r}) is {layer.type}")
+        layer.reset(data, labels)
+
     # -- weights ---------------------------------------------------------------------------------
     def share_trained_layers_with(self, other):
         """Use ``other``'s parameter data (Caffe's ShareTrainedLayersWith), by layer name."""
