@@ -159,6 +159,7 @@ class DataTransformer:
         c = self.crop_size
         if c and (height < c or width < c):
             raise ConfigError(f"{self.where}: crop_size {c} is larger than the data ({height}x{width})")
+        self.mean_for(channels, height, width)  # a mean that does not fit fails here, at setup
         return (channels, c or height, c or width)
 
     def mean_for(self, channels, height, width):
