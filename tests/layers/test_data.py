@@ -360,3 +360,25 @@ def test_net_set_input_arrays(tmp_path):
     out = net.forward()
     np.testing.assert_array_equal(out["data"], cd.MEMORY_DATA[:2])
     np.testing.assert_array_equal(out["label"], cd.MEMORY_LABELS[:2])
+
+
+def test_missing_optional_package_names_the_extra(monkeypatch):
+    import sys
+    from numcaffe.net import db as dbmod
+    monkeypatch.setitem(sys.modules, "lmdb", None)    # import lmdb -> ImportError
+    with pytest.raises(NumcaffeError, match=r"numcaffe\[data\]"):
+        dbmod.open_reader(cd.UINT8_DB, "lmdb")
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    msg = _error(H5_SHUFFLE)
+    assert "'h5py'" in msg and "numcaffe[data]" in msg
+
+
+def test_image_paths_resolve_next_to_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = os.path.dirname(cd.IMAGE_LIST)
+    text = (f'type: "ImageData" top: "data" top: "label" image_data_param {{ source: "images.txt" '
+            f'root_folder: "images dir/" batch_size: 7 }}')
+    layer, top = make(text, base_dir=base)
+    (data, label), = batches(layer, top, 1)
+    np.testing.assert_array_equal(data, cd.IMAGES.astype(np.float32))
+    layer.close()
