@@ -30,7 +30,7 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "targets" top: "
 
 def solver_param(text, net_text=None):
     p = caffe_pb2.SolverParameter()
-    text_format.Parse(text, p)
+    text_format.Merge(text, p)   # later settings override earlier ones
     if net_text is not None:
         text_format.Parse(net_text, p.net_param)
     return p
@@ -54,3 +54,44 @@ def least_squares_solver(solver_type, settings="", batch=4, dim=3, n=8, lr_w=1.0
     x, y = least_squares_data(n, dim)
     solver.net.layers[0].reset(x, y)
     return solver, x, y
+
+
+CLASSIFIER_NET = """
+name: "classifier"
+layer { name: "data" type: "HDF5Data" top: "data" top: "label" include { phase: TRAIN }
+  hdf5_data_param { source: "train.txt" batch_size: 5 shuffle: true } }
+layer { name: "data" type: "HDF5Data" top: "data" top: "label" include { phase: TEST }
+  hdf5_data_param { source: "test.txt" batch_size: 6 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+  param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: 6 weight_filler { type: "xavier" } bias_filler { type: "gaussian" std: 0.1 } } }
+%(middle)s
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+  inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "ip2" bottom: "label" top: "acc" include { phase: TEST } }
+"""
+
+DROPOUT = 'layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" dropout_param { dropout_ratio: 0.3 } }'
+
+
+def write_classifier_data(directory, seed=5):
+    """train.txt (two shuffled HDF5 files of 13 rows) and test.txt (one file of 12) in ``directory``."""
+    import h5py
+    rs = np.random.RandomState(seed)
+    for name, n_files, rows in (("train", 2, 13), ("test", 1, 12)):
+        files = []
+        for i in range(n_files):
+            path = directory / f"{name}{i}.h5"
+            with h5py.File(path, "w") as f:
+                f["data"] = rs.standard_normal((rows, 4)).astype(np.float32)
+                f["label"] = rs.randint(0, 3, rows).astype(np.float32)
+            files.append(path.name)
+        (directory / f"{name}.txt").write_text("\n".join(files) + "\n")
+
+
+def write_solver(directory, text, name="solver.prototxt"):
+    """Write the SolverParameter ``text`` (later settings override earlier ones) to ``directory/name``."""
+    path = directory / name
+    path.write_text(text_format.MessageToString(solver_param(text)))
+    return path

@@ -1,0 +1,214 @@
+"""Snapshot -> restore -> continue equals the uninterrupted run, bitwise.
+
+For every solver type: N iterations straight, and N/2 iterations, a
+snapshot, a *new* solver restored from it, N/2 more, must give identical
+weights (np.array_equal), with shuffled HDF5 data, a Dropout layer and a
+test net in the loop.  Also: the HDF5 snapshot format, the atomicity of
+snapshot files under a kill, and a real Caffe solverstate.
+"""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from numcaffe.net.errors import ModelFileError
+from numcaffe.net.proto import caffe_pb2
+from numcaffe.solvers import get_solver, read_solver_param
+from tests.solvers.nets import (CLASSIFIER_NET, DROPOUT, SOLVER_TYPES, TYPE_SETTINGS, write_classifier_data,
+                                write_solver)
+
+h5py = pytest.importorskip("h5py")
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "caffe"
+REPO = Path(__file__).resolve().parents[2]
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_classifier_data(tmp_path)
+    (tmp_path / "net.prototxt").write_text(CLASSIFIER_NET % dict(middle=DROPOUT))
+    return tmp_path
+
+
+def make_solver(workdir, solver_type, extra=""):
+    text = (f'net: "net.prototxt" type: "{solver_type}" {TYPE_SETTINGS[solver_type]} '
+            f'base_lr: {1.0 if solver_type == "AdaDelta" else 0.05} lr_policy: "step" gamma: 0.7 stepsize: 4 '
+            f'weight_decay: 0.001 test_iter: 2 test_interval: 3 display: 2 average_loss: 3 max_iter: 40 '
+            f'snapshot_prefix: "snap/run" snapshot_after_train: false random_seed: 77 iter_size: 2 ' + extra)
+    return get_solver(str(write_solver(workdir, text)))
+
+
+def weights(solver):
+    return [b.data.copy() for b in solver.net.learnable_params]
+
+
+def assert_same_run(a, b):
+    assert a.iter == b.iter
+    for x, y in zip(weights(a), weights(b)):
+        assert np.array_equal(x, y)
+    for x, y in zip(a.history, b.history):
+        assert np.array_equal(x, y)
+    assert a.smoothed_loss == b.smoothed_loss
+    assert a.net.get_state() == b.net.get_state()
+    assert [n.get_state() for n in a.test_nets] == [n.get_state() for n in b.test_nets]
+
+
+@pytest.mark.parametrize("solver_type", SOLVER_TYPES)
+def test_resume_is_bitwise_identical(workdir, solver_type):
+    n, k = 14, 7
+    straight = make_solver(workdir, solver_type)
+    straight.step(n)
+    first = make_solver(workdir, solver_type)
+    first.step(k)
+    state_file = first.snapshot()
+    assert state_file.endswith(f"run_iter_{k}.solverstate")
+    resumed = make_solver(workdir, solver_type)
+    assert not np.array_equal(weights(resumed)[0], weights(first)[0])
+    resumed.restore(state_file)
+    assert resumed.iter == k
+    resumed.step(n - k)
+    assert_same_run(straight, resumed)
+    # and the run really moved: dropout, data and updates all did something
+    assert not np.array_equal(weights(straight)[0], weights(make_solver(workdir, solver_type))[0])
+
+
+def test_resume_through_hdf5_snapshots_with_plateau_and_early_stop_state(workdir):
+    extra = ('lr_policy: "plateau" plateau_monitor: "acc" plateau_patience: 1 plateau_mode: "max" '
+             'early_stop_monitor: "loss" early_stop_mode: "min" early_stop_patience: 50 '
+             'snapshot_format: HDF5 test_compute_loss: true')
+    straight = make_solver(workdir, "Adam", extra)
+    straight.step(20)
+    first = make_solver(workdir, "Adam", extra)
+    first.step(9)   # a test iteration: the snapshot must resume into the same test
+    state_file = first.snapshot()
+    assert state_file.endswith("run_iter_9.solverstate.h5")
+    assert os.path.exists(str(workdir / "snap" / "run_iter_9.caffemodel.h5"))
+    with h5py.File(state_file, "r") as f:
+        assert {"iter", "learned_net", "current_step", "history", "numcaffe_state"} <= set(f)
+        assert len(f["history"]) == 8
+    resumed = make_solver(workdir, "Adam", extra)
+    resumed.restore(state_file)
+    resumed.step(11)
+    assert_same_run(straight, resumed)
+    assert straight.plateau.get_state() == resumed.plateau.get_state()
+    assert straight.early_stop.get_state() == resumed.early_stop.get_state()
+    assert straight.best_snapshot is not None and os.path.exists(straight.best_snapshot[1])
+
+
+def test_snapshot_files_are_caffe_messages(workdir):
+    solver = make_solver(workdir, "Nesterov")
+    solver.step(3)
+    state_file = solver.snapshot()
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(Path(state_file).read_bytes())
+    assert state.iter == 3 and state.current_step == 0
+    assert state.learned_net.endswith("run_iter_3.caffemodel")
+    assert [tuple(h.shape.dim) for h in state.history] == [(6, 4), (6,), (3, 6), (3,)]
+    np.testing.assert_array_equal(np.array(state.history[0].data).reshape(6, 4), solver.history[0])
+    model = caffe_pb2.NetParameter()
+    model.ParseFromString(Path(workdir / "snap" / "run_iter_3.caffemodel").read_bytes())
+    ip1 = [l for l in model.layer if l.name == "ip1"][0]
+    np.testing.assert_array_equal(np.array(ip1.blobs[0].data).reshape(6, 4), solver.net.params["ip1"][0].data)
+
+
+def test_restore_rejects_a_state_of_another_solver(workdir):
+    solver = make_solver(workdir, "Adam")
+    solver.step(1)
+    path = solver.snapshot()
+    with pytest.raises(ModelFileError, match="incorrect length of history blobs: the file has 8"):
+        make_solver(workdir, "SGD").restore(path)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+os.chdir({workdir!r})
+from tests.solvers.test_resume import make_solver
+from pathlib import Path
+solver = make_solver(Path({workdir!r}), "SGD")
+solver.step(2)
+solver.snapshot()
+print("first", flush=True)
+solver.net.params["ip1"][0].data[...] += 1.0
+import numcaffe.net.io as io
+def die(fd):
+    os.kill(os.getpid(), signal.SIGKILL)
+io.os.fsync = die   # the process dies in the middle of writing the second snapshot
+solver.snapshot()
+print("not reached", flush=True)
+"""
+
+
+def test_a_process_killed_mid_snapshot_leaves_the_previous_snapshot_intact(workdir):
+    script = KILL_SCRIPT.format(repo=str(REPO), workdir=str(workdir))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "first" in proc.stdout and "not reached" not in proc.stdout
+    model = workdir / "snap" / "run_iter_2.caffemodel"
+    state = workdir / "snap" / "run_iter_2.solverstate"
+    # The first snapshot is still there, whole and loadable, with the weights from before the change.
+    solver = make_solver(workdir, "SGD")
+    reference = make_solver(workdir, "SGD")
+    reference.step(2)
+    solver.restore(str(state))
+    for x, y in zip(weights(solver), weights(reference)):
+        assert np.array_equal(x, y)
+    assert model.exists()
+
+
+# ------------------------------------------------------------------ a real Caffe solverstate
+
+def lenet_without_lmdb(tmp_path):
+    """Caffe's LeNet with its LMDB Data layers replaced by DummyData (a test-side copy)."""
+    from numcaffe.net.config import read_message
+    net = read_message(str(FIXTURES / "lenet_train_test.prototxt"), caffe_pb2.NetParameter)
+    layers = [l for l in net.layer if l.type != "Data"]
+    del net.layer[:]
+    dummy = net.layer.add()
+    dummy.name, dummy.type = "mnist", "DummyData"
+    dummy.top.extend(["data", "label"])
+    dummy.dummy_data_param.shape.add().dim.extend([2, 1, 28, 28])
+    dummy.dummy_data_param.shape.add().dim.extend([2])
+    net.layer.extend(layers)
+    return net
+
+
+def test_real_caffe_solverstate_restores_iter_and_history(tmp_path, monkeypatch):
+    param = read_solver_param(str(FIXTURES / "lenet_solver.prototxt"))
+    param.ClearField("net")
+    param.net_param.CopyFrom(lenet_without_lmdb(tmp_path))
+    param.snapshot_prefix = str(tmp_path / "lenet")
+    monkeypatch.chdir(FIXTURES)       # Caffe opens learned_net relative to the working directory
+    solver = get_solver(param)
+    assert solver.type == "SGD"
+    solver.restore("lenet_iter_10000.solverstate")
+    assert solver.iter == 10000
+    state = caffe_pb2.SolverState()
+    state.ParseFromString((FIXTURES / "lenet_iter_10000.solverstate").read_bytes())
+    for h, mine in zip(state.history, solver.history):
+        np.testing.assert_array_equal(np.array(h.data, dtype=np.float32).reshape(mine.shape), mine)
+    model = caffe_pb2.NetParameter()
+    model.ParseFromString((FIXTURES / "lenet_iter_10000.caffemodel").read_bytes())
+    conv1 = [l for l in model.layer if l.name == "conv1"][0]
+    np.testing.assert_array_equal(np.array(conv1.blobs[0].data, dtype=np.float32).reshape(20, 1, 5, 5),
+                                  solver.net.params["conv1"][0].data)
+    # Caffe continues from there: momentum from the restored history, lr from iteration 10000
+    before = solver.net.params["ip2"][1].data.copy()
+    solver.step(1)
+    assert solver.iter == 10001
+    assert solver.learning_rate == pytest.approx(0.01 * (1 + 0.0001 * 10000) ** -0.75, rel=1e-6)
+    assert not np.array_equal(before, solver.net.params["ip2"][1].data)
+
+
+def test_learned_net_is_found_next_to_the_state_file(tmp_path):
+    param = read_solver_param(str(FIXTURES / "lenet_solver.prototxt"))
+    param.ClearField("net")
+    param.net_param.CopyFrom(lenet_without_lmdb(tmp_path))
+    param.snapshot_prefix = str(tmp_path / "lenet")
+    solver = get_solver(param)
+    solver.restore(str(FIXTURES / "lenet_iter_10000.solverstate"))   # cwd is elsewhere
+    assert solver.iter == 10000
