@@ -134,6 +134,17 @@ H5_ALL_DATA = np.concatenate(H5_DATA)
 H5_ALL_LABEL = np.concatenate(H5_LABEL).astype(np.float32)
 H5_OUT = os.path.join(TMP, "out.h5")
 
+# a window file over one 8x10 colour image: two foreground windows (overlap >= 0.7), one background
+# window, and one at overlap 0.6 (neither, with fg_threshold 0.7; foreground class 1 at the default 0.5)
+WINDOW_IMAGE = RS.randint(0, 256, (3, 8, 10)).astype(np.uint8)
+with open(os.path.join(TMP, "window.png"), "wb") as _f:
+    _f.write(png_bytes(WINDOW_IMAGE))
+WINDOWS = {2: (1, 2, 4, 5), 3: (5, 1, 8, 4), 0: (0, 0, 3, 3)}   # label -> inclusive box x1 y1 x2 y2
+WINDOW_FILE = os.path.join(TMP, "windows.txt")
+with open(WINDOW_FILE, "w") as _f:
+    _f.write(f"# 0\n{os.path.join(TMP, 'window.png')}\n3\n8\n10\n4\n"
+             "2 0.8 1 2 4 5\n3 0.9 5 1 8 4\n1 0.1 0 0 3 3\n1 0.6 0 0 9 7\n")
+
 # ------------------------------------------------------------------ oracles
 
 
@@ -253,6 +264,24 @@ def _h5_output(b, t, layer):
     np.testing.assert_array_equal(label, np.concatenate([b[1], b[1]]))
 
 
+def _window_warp(b, t, layer):
+    # batch 4, fg_fraction 0.5: two background windows (label 0) then two foreground ones;
+    # 4x4 windows warped to crop 4 are the pixels themselves, possibly mirrored
+    labels = t[1]
+    assert list(labels[:2]) == [0, 0] and set(labels[2:]) <= {2, 3}
+    mean = np.array([10, 20, 30], np.float32)[:, None, None]
+    for item, label in zip(t[0], labels):
+        x1, y1, x2, y2 = WINDOWS[int(label)]
+        region = (WINDOW_IMAGE[:, y1:y2 + 1, x1:x2 + 1].astype(np.float32) - mean) * np.float32(0.5)
+        assert np.array_equal(item, region) or np.array_equal(item, region[:, :, ::-1])
+
+
+def _window_context(b, t, layer):
+    assert t[0].shape == (3, 3, 6, 6)
+    assert t[1][0] == 0 and set(t[1][1:]) <= {1, 2, 3}
+    assert np.isfinite(t[0]).all() and np.abs(t[0]).sum() > 0
+
+
 MEMORY_DATA = np.arange(6 * 2 * 2 * 3, dtype=np.float32).reshape(6, 2, 2, 3)
 MEMORY_LABELS = np.arange(6, dtype=np.float32) + 100
 
@@ -323,6 +352,16 @@ CASES = {
         GradCase(f'type: "HDF5Output" bottom: "data" bottom: "label" hdf5_output_param {{ '
                  f'file_name: "{H5_OUT}" }}', [gaussian((3, 2, 2, 2)), labels((3,), 4)], num_top=0,
                  no_gradient=True, check_forward=_h5_output, id="appends"),
+    ],
+    "WindowData": [
+        GradCase(f'type: "WindowData" top: "data" top: "label" transform_param {{ crop_size: 4 mirror: true '
+                 f'mean_value: 10 mean_value: 20 mean_value: 30 }} window_data_param {{ source: "{WINDOW_FILE}" '
+                 f'batch_size: 4 fg_fraction: 0.5 scale: 0.5 fg_threshold: 0.7 }}', [], num_top=2, no_gradient=True,
+                 check_forward=_window_warp, id="warp-mirror"),
+        GradCase(f'type: "WindowData" top: "data" top: "label" transform_param {{ crop_size: 6 }} '
+                 f'window_data_param {{ source: "{WINDOW_FILE}" batch_size: 3 fg_fraction: 0.67 context_pad: 1 '
+                 f'crop_mode: "square" cache_images: true }}', [], num_top=2, no_gradient=True,
+                 check_forward=_window_context, id="context-square"),
     ],
     "MemoryData": [
         MemoryCase('type: "MemoryData" top: "data" top: "label" memory_data_param { batch_size: 2 '

@@ -56,6 +56,8 @@ DATA_RANDOM = cd._data(cd.UINT8_DB, "batch_size: 3", transform='transform_param 
 IMAGE_RANDOM = (f'type: "ImageData" top: "data" top: "label" transform_param {{ crop_size: 5 mirror: true }} '
                 f'image_data_param {{ source: "{cd.IMAGE_LIST}" root_folder: "{cd.IMAGE_ROOT}" batch_size: 3 '
                 f'shuffle: true }}')
+WINDOW_RANDOM = (f'type: "WindowData" top: "data" top: "label" transform_param {{ crop_size: 5 mirror: true }} '
+                 f'window_data_param {{ source: "{cd.WINDOW_FILE}" batch_size: 4 fg_fraction: 0.5 context_pad: 1 }}')
 H5_SHUFFLE = (f'type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ source: "{cd.H5_LIST}" '
               f'batch_size: 3 shuffle: true }}')
 
@@ -117,7 +119,8 @@ def test_rand_skip_starts_within_the_skip():
 # ------------------------------------------------------------------ exact resume
 
 
-@pytest.mark.parametrize("text", [DATA_RANDOM, IMAGE_RANDOM, H5_SHUFFLE], ids=["Data", "ImageData", "HDF5Data"])
+@pytest.mark.parametrize("text", [DATA_RANDOM, IMAGE_RANDOM, H5_SHUFFLE, WINDOW_RANDOM],
+                         ids=["Data", "ImageData", "HDF5Data", "WindowData"])
 @pytest.mark.parametrize("k", [0, 1, 3])
 def test_resume_is_exact(text, k):
     m = 5
@@ -382,3 +385,29 @@ def test_image_paths_resolve_next_to_the_config(tmp_path, monkeypatch):
     (data, label), = batches(layer, top, 1)
     np.testing.assert_array_equal(data, cd.IMAGES.astype(np.float32))
     layer.close()
+
+
+def test_window_geometry_matches_caffe_by_hand():
+    from numcaffe.layers.window_data import warp_geometry
+    # 4x4 box in the corner, 1 pixel of context in a 6x6 crop: the region grows to 7x7 from (-1, -1),
+    # is clipped to 6x6 and warped to 5x5, one pixel in from the top-left (right with mirror)
+    assert warp_geometry((0, 0, 3, 3), 8, 10, 6, 1, False, False) == ((0, 0, 5, 5), (5, 5), (1, 1))
+    assert warp_geometry((0, 0, 3, 3), 8, 10, 6, 1, False, True) == ((0, 0, 5, 5), (5, 5), (1, 0))
+    # square mode widens a 4x6 box to 7x7 around its centre
+    assert warp_geometry((1, 2, 4, 7), 10, 10, 6, 0, True, False) == ((0, 2, 6, 8), (6, 6), (0, 0))
+    # plain warp: the box itself, to crop x crop
+    assert warp_geometry((1, 2, 4, 7), 10, 10, 6, 0, False, False) == ((1, 2, 4, 7), (6, 6), (0, 0))
+
+
+def test_window_file_errors(tmp_path):
+    from numcaffe.layers.window_data import read_window_file
+    f = tmp_path / "w.txt"
+    f.write_text("# 0\nimg.png\n3\n8\n10\n2\n2 0.8 1 2 4 5\n")
+    with pytest.raises(NumcaffeError, match="ends inside"):
+        read_window_file(str(f), 0.5, 0.5)
+    f.write_text("# 0\nimg.png\n3\n8\n10\n1\n0 0.8 1 2 4 5\n")
+    with pytest.raises(NumcaffeError, match="classes must be > 0"):
+        read_window_file(str(f), 0.5, 0.5)
+    f.write_text("0\nimg.png\n")
+    with pytest.raises(NumcaffeError, match="expected '#'"):
+        read_window_file(str(f), 0.5, 0.5)
