@@ -1,0 +1,683 @@
+"""Neuron layers: one bottom, one top of the same shape, computed element by element.
+
+Forward and backward follow Caffe's ``src/caffe/layers/*_layer.cpp`` (``x`` is
+the bottom, ``y`` the top, ``dy``/``dx`` their diffs)::
+
+    ReLU       y = max(x, 0) + s * min(x, 0)           dx = dy * (x > 0 ? 1 : s)
+    PReLU      y = max(x, 0) + a_c * min(x, 0)         dx = dy * (x > 0 ? 1 : a_c)
+                                                       da_c += sum over channel c of dy * x * (x <= 0)
+    ELU        y = x > 0 ? x : alpha * (exp(x) - 1)    dx = dy * (x > 0 ? 1 : alpha * exp(x))
+    SELU       y = lambda * (x > 0 ? x : alpha * (exp(x) - 1))
+                                                       dx = dy * lambda * (x > 0 ? 1 : alpha * exp(x))
+    Sigmoid    y = 1 / (1 + exp(-x))                   dx = dy * y * (1 - y)
+    TanH       y = tanh(x)                             dx = dy * (1 - y^2)
+    AbsVal     y = |x|                                 dx = dy * sign(x)       (sign(0) = 0)
+    BNLL       y = log(1 + exp(x))                     dx = dy * e / (1 + e),  e = exp(min(x, 50))
+    Power      y = (shift + scale * x)^power           dx = dy * power * scale * (shift + scale * x)^(power - 1)
+    Exp        y = base^(shift + scale * x)            dx = dy * y * ln(base) * scale
+    Log        y = log_base(shift + scale * x)         dx = dy * scale / ((shift + scale * x) * ln(base))
+    Swish      y = x * sigmoid(beta * x)               dx = dy * (beta * y + sigmoid(beta * x) * (1 - beta * y))
+    Threshold  y = x > t ? 1 : 0                       no gradient (Caffe has no backward)
+    Clip       y = max(min, min(x, max))               dx = dy * (min <= x <= max)
+    Dropout    TRAIN: y = x * m * scale,  m ~ Bernoulli(1 - p),  scale = 1 / (1 - p);  dx = dy * m * scale
+               TEST:  y = x;                                                        dx = dy
+               (with ``scale_train: false``, scale is 1 in TRAIN and TEST multiplies by 1 - p)
+
+For Exp and Log, ``base: -1`` (the default) means e.  SELU is a numcaffe
+extension (``selu_param``, defaults: the self-normalising constants).
+
+Every layer may run in place (top[0] is bottom[0]).  Backward never reads the
+top's data, because a later in-place layer may have overwritten it (Caffe's
+Sigmoid, TanH, ELU and Swish read it, and then take a wrong gradient under an
+in-place Dropout, say): it reads the input ``x`` -- the bottom's data, or, when
+the layer ran in place, a copy taken before forward overwrote it (Caffe's
+PReLU does the same), kept in a buffer reused from one iteration to the next.
+ReLU keeps a byte mask of ``x > 0`` instead of a copy, and Dropout its mask.
+Functions that Caffe differentiates through ``y`` (Sigmoid, TanH, ELU, SELU,
+Exp, Swish) recompute ``y`` from ``x`` in backward.
+
+The kernels compute in double precision and store float32.
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from numcaffe.layers.base import NeuronLayer, register
+from numcaffe.net.blob import Blob
+from numcaffe.net.errors import ConfigError
+from numcaffe.net.filler import fill
+from numcaffe.net.proto import caffe_pb2
+
+#: Above this input BNLL's backward uses exp(50) (Caffe's kBNLL_THRESHOLD).
+BNLL_THRESHOLD = 50.0
+
+
+# -- kernels -------------------------------------------------------------------------
+@njit(cache=True)
+def relu_forward(x, y, positive, slope):
+    """y = max(x, 0) + slope * min(x, 0);  positive = x > 0 (kept for backward)."""
+    for i in range(x.size):
+        v = x[i]
+        positive[i] = v > 0.0
+        y[i] = v if v > 0.0 else slope * v
+
+
+@njit(cache=True)
+def relu_backward(positive, dy, dx, slope):
+    """dx = dy * (x > 0 ? 1 : slope)."""
+    for i in range(dy.size):
+        dx[i] = dy[i] if positive[i] else dy[i] * slope
+
+
+@njit(cache=True)
+def prelu_forward(x, y, slope, num, channels, dim, shared):
+    """y = max(x, 0) + a_c * min(x, 0), c the index along axis 1 (a_0 for all if shared)."""
+    for n in range(num):
+        for c in range(channels):
+            a = slope[0] if shared else slope[c]
+            base = (n * channels + c) * dim
+            for k in range(dim):
+                v = x[base + k]
+                y[base + k] = v if v > 0.0 else a * v
+
+
+@njit(cache=True)
+def prelu_backward(x, dy, dx, slope, num, channels, dim, shared):
+    """dx = dy * (x > 0 ? 1 : a_c)."""
+    for n in range(num):
+        for c in range(channels):
+            a = slope[0] if shared else slope[c]
+            base = (n * channels + c) * dim
+            for k in range(dim):
+                i = base + k
+                dx[i] = dy[i] if x[i] > 0.0 else dy[i] * a
+
+
+@njit(cache=True)
+def prelu_slope_backward(x, dy, dslope, num, channels, dim, shared):
+    """da_c += sum over n and the spatial axes of dy * x * (x <= 0)."""
+    for c in range(channels):
+        acc = 0.0
+        for n in range(num):
+            base = (n * channels + c) * dim
+            for k in range(dim):
+                v = x[base + k]
+                if v <= 0.0:
+                    acc += dy[base + k] * v
+        if shared:
+            dslope[0] += acc
+        else:
+            dslope[c] += acc
+
+
+@njit(cache=True)
+def elu_forward(x, y, alpha):
+    """y = x > 0 ? x : alpha * (exp(x) - 1)."""
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v if v > 0.0 else alpha * math.expm1(v)
+
+
+@njit(cache=True)
+def elu_backward(x, dy, dx, alpha):
+    """dx = dy * (x > 0 ? 1 : alpha * exp(x))   (alpha * exp(x) = y + alpha)."""
+    for i in range(x.size):
+        v = x[i]
+        dx[i] = dy[i] if v > 0.0 else dy[i] * alpha * math.exp(v)
+
+
+@njit(cache=True)
+def selu_forward(x, y, alpha, lam):
+    """y = lambda * (x > 0 ? x : alpha * (exp(x) - 1))."""
+    for i in range(x.size):
+        v = x[i]
+        y[i] = lam * v if v > 0.0 else lam * alpha * math.expm1(v)
+
+
+@njit(cache=True)
+def selu_backward(x, dy, dx, alpha, lam):
+    """dx = dy * lambda * (x > 0 ? 1 : alpha * exp(x))."""
+    for i in range(x.size):
+        v = x[i]
+        dx[i] = dy[i] * lam if v > 0.0 else dy[i] * lam * alpha * math.exp(v)
+
+
+@njit(cache=True)
+def sigmoid(v):
+    """1 / (1 + exp(-v)).  (Caffe writes 0.5 * tanh(0.5 * v) + 0.5, the same function; exp is
+    several times faster than tanh here, and its overflow to inf for v < -709 still gives 0.)"""
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+@njit(cache=True)
+def sigmoid_forward(x, y):
+    """y = sigmoid(x)."""
+    for i in range(x.size):
+        y[i] = sigmoid(x[i])
+
+
+@njit(cache=True)
+def sigmoid_backward(x, dy, dx):
+    """dx = dy * y * (1 - y),  y = sigmoid(x)."""
+    for i in range(x.size):
+        s = sigmoid(x[i])
+        dx[i] = dy[i] * s * (1.0 - s)
+
+
+@njit(cache=True)
+def tanh_forward(x, y):
+    """y = tanh(x)."""
+    for i in range(x.size):
+        y[i] = math.tanh(x[i])
+
+
+@njit(cache=True)
+def tanh_backward(x, dy, dx):
+    """dx = dy * (1 - y^2),  y = tanh(x)."""
+    for i in range(x.size):
+        t = math.tanh(x[i])
+        dx[i] = dy[i] * (1.0 - t * t)
+
+
+@njit(cache=True)
+def absval_forward(x, y):
+    """y = |x|."""
+    for i in range(x.size):
+        y[i] = abs(x[i])
+
+
+@njit(cache=True)
+def absval_backward(x, dy, dx):
+    """dx = dy * sign(x), sign(0) = 0."""
+    for i in range(x.size):
+        v = x[i]
+        dx[i] = dy[i] if v > 0.0 else (-dy[i] if v < 0.0 else 0.0)
+
+
+@njit(cache=True)
+def bnll_forward(x, y):
+    """y = log(1 + exp(x)), as x + log(1 + exp(-x)) for x > 0 so exp never overflows."""
+    for i in range(x.size):
+        v = x[i]
+        y[i] = v + math.log1p(math.exp(-v)) if v > 0.0 else math.log1p(math.exp(v))
+
+
+@njit(cache=True)
+def bnll_backward(x, dy, dx, threshold):
+    """dx = dy * e / (1 + e),  e = exp(min(x, threshold))."""
+    for i in range(x.size):
+        e = math.exp(min(x[i], threshold))
+        dx[i] = dy[i] * e / (e + 1.0)
+
+
+@njit(cache=True)
+def power_forward(x, y, power, scale, shift):
+    """y = (shift + scale * x)^power."""
+    for i in range(x.size):
+        y[i] = (shift + scale * x[i]) ** power
+
+
+@njit(cache=True)
+def power_backward(x, dy, dx, power, scale, shift):
+    """dx = dy * power * scale * (shift + scale * x)^(power - 1)."""
+    for i in range(x.size):
+        dx[i] = dy[i] * power * scale * (shift + scale * x[i]) ** (power - 1.0)
+
+
+@njit(cache=True)
+def exp_forward(x, y, inner_scale, outer_scale):
+    """y = outer_scale * exp(inner_scale * x)   (= base^(shift + scale * x))."""
+    for i in range(x.size):
+        y[i] = outer_scale * math.exp(inner_scale * x[i])
+
+
+@njit(cache=True)
+def exp_backward(x, dy, dx, inner_scale, outer_scale):
+    """dx = dy * y * inner_scale."""
+    for i in range(x.size):
+        dx[i] = dy[i] * outer_scale * math.exp(inner_scale * x[i]) * inner_scale
+
+
+@njit(cache=True)
+def log_forward(x, y, scale, shift, base_scale):
+    """y = base_scale * ln(shift + scale * x)   (base_scale = 1 / ln(base))."""
+    for i in range(x.size):
+        y[i] = base_scale * math.log(shift + scale * x[i])
+
+
+@njit(cache=True)
+def log_backward(x, dy, dx, scale, shift, base_scale):
+    """dx = dy * base_scale * scale / (shift + scale * x)."""
+    for i in range(x.size):
+        dx[i] = dy[i] * base_scale * scale / (shift + scale * x[i])
+
+
+@njit(cache=True)
+def swish_forward(x, y, beta):
+    """y = x * sigmoid(beta * x)."""
+    for i in range(x.size):
+        y[i] = x[i] * sigmoid(beta * x[i])
+
+
+@njit(cache=True)
+def swish_backward(x, dy, dx, beta):
+    """dx = dy * (beta * y + s * (1 - beta * y)),  s = sigmoid(beta * x), y = x * s."""
+    for i in range(x.size):
+        s = sigmoid(beta * x[i])
+        by = beta * x[i] * s
+        dx[i] = dy[i] * (by + s * (1.0 - by))
+
+
+@njit(cache=True)
+def threshold_forward(x, y, threshold):
+    """y = x > threshold ? 1 : 0."""
+    for i in range(x.size):
+        y[i] = 1.0 if x[i] > threshold else 0.0
+
+
+@njit(cache=True)
+def clip_forward(x, y, lo, hi):
+    """y = max(lo, min(x, hi))."""
+    for i in range(x.size):
+        y[i] = max(lo, min(x[i], hi))
+
+
+@njit(cache=True)
+def clip_backward(x, dy, dx, lo, hi):
+    """dx = dy * (lo <= x <= hi)."""
+    for i in range(x.size):
+        v = x[i]
+        dx[i] = dy[i] if lo <= v and v <= hi else 0.0
+
+
+@njit(cache=True)
+def dropout_forward(x, y, mask, keep_prob, scale):
+    """mask = u < keep_prob (u: the uniform numbers mask holds on entry);  y = x * mask * scale."""
+    for i in range(x.size):
+        keep = mask[i] < keep_prob
+        mask[i] = 1.0 if keep else 0.0
+        y[i] = x[i] * scale if keep else 0.0
+
+
+@njit(cache=True)
+def dropout_backward(mask, dy, dx, scale):
+    """dx = dy * mask * scale."""
+    for i in range(dy.size):
+        dx[i] = dy[i] * scale if mask[i] != 0.0 else 0.0
+
+
+@njit(cache=True)
+def scale_into(x, y, a):
+    """y = a * x."""
+    for i in range(x.size):
+        y[i] = a * x[i]
+
+
+# -- helpers ------------------------------------------------------------------------
+class Scratch:
+    """A flat work buffer that grows but never shrinks, reused across iterations."""
+
+    def __init__(self, dtype=np.float32):
+        self.buf = np.zeros(0, dtype=dtype)
+
+    def get(self, n):
+        if self.buf.size < n:
+            self.buf = np.zeros(n, dtype=self.buf.dtype)
+        return self.buf[:n]
+
+
+def runs_in_place(bottom, top):
+    """Whether the top overwrites the bottom's data (same blob, or blobs sharing data)."""
+    return top[0] is bottom[0] or top[0].shares_data_with(bottom[0])
+
+
+class ElementwiseLayer(NeuronLayer):
+    """A neuron layer whose backward reads its input x (see the module docstring).
+
+    Subclasses implement ``forward(x, y)`` and ``backward(x, dy, dx)`` on flat
+    arrays.  When the layer runs in place and ``keeps_input`` is set, the input
+    is copied before ``forward`` overwrites it and ``backward`` gets the copy.
+    """
+
+    keeps_input = True
+
+    def __init__(self, param):
+        super().__init__(param)
+        self._input_copy = Scratch()
+
+    def Forward_cpu(self, bottom, top):
+        x = bottom[0].flat_data
+        if self.keeps_input and runs_in_place(bottom, top):
+            saved = self._input_copy.get(x.size)
+            saved[...] = x
+        self.forward(x, top[0].flat_data)
+
+    def Backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        x = bottom[0].flat_data
+        if self.keeps_input and runs_in_place(bottom, top):
+            x = self._input_copy.get(x.size)
+        self.backward(x, top[0].flat_diff, bottom[0].flat_diff)
+
+    def forward(self, x, y):
+        raise NotImplementedError
+
+    def backward(self, x, dy, dx):
+        raise NotImplementedError
+
+
+# -- layers ---------------------------------------------------------------------------
+@register("ReLU")
+class ReLULayer(ElementwiseLayer):
+    """y = max(x, 0) + negative_slope * min(x, 0);  dx = dy * (x > 0 ? 1 : negative_slope)."""
+
+    keeps_input = False  # the mask x > 0 is all backward needs
+
+    def LayerSetUp(self, bottom, top):
+        self.negative_slope = float(self.layer_param.relu_param.negative_slope)
+        self._positive = Scratch(np.bool_)
+
+    def forward(self, x, y):
+        relu_forward(x, y, self._positive.get(x.size), self.negative_slope)
+
+    def backward(self, x, dy, dx):
+        relu_backward(self._positive.get(dy.size), dy, dx, self.negative_slope)
+
+
+@register("PReLU")
+class PReLULayer(ElementwiseLayer):
+    """ReLU with a learnable negative slope per channel (axis 1), or one shared slope.
+
+    y = max(x, 0) + a_c * min(x, 0);  dx = dy * (x > 0 ? 1 : a_c);
+    da_c += sum of dy * x over the channel's elements with x <= 0.
+    The slope blob has shape (C,), or () with ``channel_shared`` (as in Caffe);
+    it is filled by ``prelu_param.filler``, by default the constant 0.25.
+    """
+
+    def LayerSetUp(self, bottom, top):
+        p = self.layer_param.prelu_param
+        if bottom[0].num_axes < 2:
+            raise self.shape_error(f"the bottom needs at least 2 axes (N, C, ...); got shape {bottom[0].shape}")
+        channels = bottom[0].shape[1]
+        self.channel_shared = bool(p.channel_shared)
+        if not self.blobs:
+            slope = Blob(() if self.channel_shared else (channels,))
+            if p.HasField("filler"):
+                filler = p.filler
+            else:
+                filler = caffe_pb2.FillerParameter(type="constant", value=0.25)
+            fill(slope, filler, self.random)
+            self.blobs = [slope]
+        expected = 1 if self.channel_shared else channels
+        if self.blobs[0].count != expected:
+            what = "1 (channel_shared)" if self.channel_shared else f"{channels} (one per channel)"
+            raise ConfigError(f"{self.describe()}: the slope blob holds {self.blobs[0].count} value(s); "
+                              f"expected {what}")
+
+    def Reshape(self, bottom, top):
+        if bottom[0].num_axes < 2:
+            raise self.shape_error(f"the bottom needs at least 2 axes (N, C, ...); got shape {bottom[0].shape}")
+        if not self.channel_shared and bottom[0].shape[1] != self.blobs[0].count:
+            raise self.shape_error(f"the bottom has {bottom[0].shape[1]} channels (axis 1) but the layer "
+                                   f"has {self.blobs[0].count} slopes")
+        super().Reshape(bottom, top)
+        self._dims = (bottom[0].shape[0], bottom[0].shape[1], bottom[0].count_range(2))
+
+    def forward(self, x, y):
+        num, channels, dim = self._dims
+        prelu_forward(x, y, self.blobs[0].flat_data, num, channels, dim, self.channel_shared)
+
+    def Backward_cpu(self, top, propagate_down, bottom):
+        num, channels, dim = self._dims
+        x = bottom[0].flat_data
+        if runs_in_place(bottom, top):
+            x = self._input_copy.get(x.size)
+        dy = top[0].flat_diff
+        # The slope gradient first: in place, writing dx overwrites dy.
+        if self.param_propagate_down[0]:
+            prelu_slope_backward(x, dy, self.blobs[0].flat_diff, num, channels, dim, self.channel_shared)
+        if propagate_down[0]:
+            prelu_backward(x, dy, bottom[0].flat_diff, self.blobs[0].flat_data, num, channels, dim,
+                           self.channel_shared)
+
+
+@register("ELU")
+class ELULayer(ElementwiseLayer):
+    """y = x > 0 ? x : alpha * (exp(x) - 1);  dx = dy * (x > 0 ? 1 : alpha * exp(x))."""
+
+    def LayerSetUp(self, bottom, top):
+        self.alpha = float(self.layer_param.elu_param.alpha)
+
+    def forward(self, x, y):
+        elu_forward(x, y, self.alpha)
+
+    def backward(self, x, dy, dx):
+        elu_backward(x, dy, dx, self.alpha)
+
+
+@register("SELU")
+class SELULayer(ElementwiseLayer):
+    """numcaffe's SELU: y = lambda * (x > 0 ? x : alpha * (exp(x) - 1))."""
+
+    def LayerSetUp(self, bottom, top):
+        p = self.layer_param.selu_param
+        self.alpha = float(p.alpha)
+        self.lam = float(getattr(p, "lambda"))
+
+    def forward(self, x, y):
+        selu_forward(x, y, self.alpha, self.lam)
+
+    def backward(self, x, dy, dx):
+        selu_backward(x, dy, dx, self.alpha, self.lam)
+
+
+@register("Sigmoid")
+class SigmoidLayer(ElementwiseLayer):
+    """y = 1 / (1 + exp(-x));  dx = dy * y * (1 - y)."""
+
+    def forward(self, x, y):
+        sigmoid_forward(x, y)
+
+    def backward(self, x, dy, dx):
+        sigmoid_backward(x, dy, dx)
+
+
+@register("TanH")
+class TanHLayer(ElementwiseLayer):
+    """y = tanh(x);  dx = dy * (1 - y^2)."""
+
+    def forward(self, x, y):
+        tanh_forward(x, y)
+
+    def backward(self, x, dy, dx):
+        tanh_backward(x, dy, dx)
+
+
+@register("AbsVal")
+class AbsValLayer(ElementwiseLayer):
+    """y = |x|;  dx = dy * sign(x).  (Caffe refuses to run it in place; here it may.)"""
+
+    def forward(self, x, y):
+        absval_forward(x, y)
+
+    def backward(self, x, dy, dx):
+        absval_backward(x, dy, dx)
+
+
+@register("BNLL")
+class BNLLLayer(ElementwiseLayer):
+    """Binomial normal log likelihood: y = log(1 + exp(x));  dx = dy * sigmoid(x)."""
+
+    def forward(self, x, y):
+        bnll_forward(x, y)
+
+    def backward(self, x, dy, dx):
+        bnll_backward(x, dy, dx, BNLL_THRESHOLD)
+
+
+@register("Power")
+class PowerLayer(ElementwiseLayer):
+    """y = (shift + scale * x)^power;  dx = dy * power * scale * (shift + scale * x)^(power - 1).
+
+    As in Caffe, when power * scale is 0 the output is the constant
+    (power == 0 ? 1 : shift^power) and the gradient is 0.
+    """
+
+    def LayerSetUp(self, bottom, top):
+        p = self.layer_param.power_param
+        self.power, self.scale, self.shift = float(p.power), float(p.scale), float(p.shift)
+        self.diff_scale = self.power * self.scale
+        self.keeps_input = self.diff_scale != 0.0 and self.power != 1.0
+        with np.errstate(all="ignore"):  # e.g. a negative shift to a fractional power: NaN, as in C
+            self.constant = 1.0 if self.power == 0.0 else float(np.float64(self.shift) ** self.power)
+
+    def forward(self, x, y):
+        if self.diff_scale == 0.0:
+            y[...] = self.constant
+        else:
+            power_forward(x, y, self.power, self.scale, self.shift)
+
+    def backward(self, x, dy, dx):
+        if self.diff_scale == 0.0:
+            dx[...] = 0.0
+        else:
+            power_backward(x, dy, dx, self.power, self.scale, self.shift)
+
+
+def _check_base(layer, base, kind):
+    if base != -1.0 and base <= 0.0:
+        raise ConfigError(f"{layer.describe()}: {kind}_param.base must be -1 (for e) or positive; got {base:g}")
+
+
+@register("Exp")
+class ExpLayer(ElementwiseLayer):
+    """y = base^(shift + scale * x) (base -1: e);  dx = dy * y * ln(base) * scale."""
+
+    def LayerSetUp(self, bottom, top):
+        p = self.layer_param.exp_param
+        base, scale, shift = float(p.base), float(p.scale), float(p.shift)
+        _check_base(self, base, "exp")
+        log_base = 1.0 if base == -1.0 else math.log(base)
+        self.inner_scale = log_base * scale
+        if shift == 0.0:
+            self.outer_scale = 1.0
+        else:
+            self.outer_scale = math.exp(shift) if base == -1.0 else base ** shift
+
+    def forward(self, x, y):
+        exp_forward(x, y, self.inner_scale, self.outer_scale)
+
+    def backward(self, x, dy, dx):
+        exp_backward(x, dy, dx, self.inner_scale, self.outer_scale)
+
+
+@register("Log")
+class LogLayer(ElementwiseLayer):
+    """y = log_base(shift + scale * x) (base -1: e);  dx = dy * scale / ((shift + scale * x) * ln(base))."""
+
+    def LayerSetUp(self, bottom, top):
+        p = self.layer_param.log_param
+        base = float(p.base)
+        _check_base(self, base, "log")
+        if base == 1.0:
+            raise ConfigError(f"{self.describe()}: log_param.base 1 has no logarithm")
+        self.scale, self.shift = float(p.scale), float(p.shift)
+        self.base_scale = 1.0 if base == -1.0 else 1.0 / math.log(base)
+
+    def forward(self, x, y):
+        log_forward(x, y, self.scale, self.shift, self.base_scale)
+
+    def backward(self, x, dy, dx):
+        log_backward(x, dy, dx, self.scale, self.shift, self.base_scale)
+
+
+@register("Swish")
+class SwishLayer(ElementwiseLayer):
+    """y = x * sigmoid(beta * x);  dx = dy * (beta * y + sigmoid(beta * x) * (1 - beta * y))."""
+
+    def LayerSetUp(self, bottom, top):
+        self.beta = float(self.layer_param.swish_param.beta)
+
+    def forward(self, x, y):
+        swish_forward(x, y, self.beta)
+
+    def backward(self, x, dy, dx):
+        swish_backward(x, dy, dx, self.beta)
+
+
+@register("Threshold")
+class ThresholdLayer(ElementwiseLayer):
+    """y = x > threshold ? 1 : 0.  A step has no useful gradient and Caffe defines no
+    backward: force_backward never asks for one, and if a net does, dx is 0 (the
+    derivative everywhere but at the threshold)."""
+
+    keeps_input = False
+    force_backward_bottoms = False
+
+    def LayerSetUp(self, bottom, top):
+        self.threshold = float(self.layer_param.threshold_param.threshold)
+
+    def forward(self, x, y):
+        threshold_forward(x, y, self.threshold)
+
+    def backward(self, x, dy, dx):
+        dx[...] = 0.0
+
+
+@register("Clip")
+class ClipLayer(ElementwiseLayer):
+    """y = max(min, min(x, max));  dx = dy where min <= x <= max (bounds included), else 0."""
+
+    def LayerSetUp(self, bottom, top):
+        p = self.layer_param.clip_param
+        if not (p.HasField("min") and p.HasField("max")):
+            raise ConfigError(f"{self.describe()}: clip_param needs both min and max")
+        self.lo, self.hi = float(p.min), float(p.max)
+        if self.lo > self.hi:
+            raise ConfigError(f"{self.describe()}: clip_param.min ({self.lo:g}) is above max ({self.hi:g})")
+
+    def forward(self, x, y):
+        clip_forward(x, y, self.lo, self.hi)
+
+    def backward(self, x, dy, dx):
+        clip_backward(x, dy, dx, self.lo, self.hi)
+
+
+@register("Dropout")
+class DropoutLayer(ElementwiseLayer):
+    """TRAIN: y = x * m * scale, m ~ Bernoulli(1 - dropout_ratio) drawn with the layer's
+    generator, scale = 1 / (1 - dropout_ratio);  dx = dy * m * scale.  TEST: y = x, dx = dy.
+
+    ``scale_train: false`` (numcaffe's field for the R-CNN fork's flag) moves the
+    scaling to test time: TRAIN y = x * m, TEST y = x * (1 - dropout_ratio).
+    """
+
+    keeps_input = False  # backward needs only the mask
+
+    def LayerSetUp(self, bottom, top):
+        p = self.layer_param.dropout_param
+        self.ratio = float(p.dropout_ratio)
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"{self.describe()}: dropout_ratio must be in [0, 1); got {self.ratio:g}")
+        self.scale_train = bool(p.scale_train)
+        self.scale = 1.0 / (1.0 - self.ratio)
+        self.train_scale = self.scale if self.scale_train else 1.0
+        self.test_scale = 1.0 if self.scale_train else 1.0 - self.ratio
+        self._mask = Scratch()
+        _ = self.random  # create the generator now, so that get_state() includes it
+
+    def forward(self, x, y):
+        if self.phase == caffe_pb2.TRAIN:
+            mask = self._mask.get(x.size)
+            self.random.random(dtype=np.float32, out=mask)
+            dropout_forward(x, y, mask, 1.0 - self.ratio, self.train_scale)
+        elif self.test_scale != 1.0 or not np.may_share_memory(x, y):
+            scale_into(x, y, self.test_scale)
+
+    def backward(self, x, dy, dx):
+        if self.phase == caffe_pb2.TRAIN:
+            dropout_backward(self._mask.get(dy.size), dy, dx, self.train_scale)
+        elif self.test_scale != 1.0 or not np.may_share_memory(dx, dy):
+            scale_into(dy, dx, self.test_scale)
