@@ -98,3 +98,11 @@ class Broken(Layer):
 
     def forward(self, bottom, top):
         raise ValueError("something went wrong in forward")
+
+
+class WrongCube(Cube):
+    """Cube with a wrong gradient (the factor 3 forgotten): what gradcheck must catch."""
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff * self.scale * bottom[0].data ** 2
