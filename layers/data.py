@@ -18,6 +18,7 @@ from numcaffe.layers.base import register
 from numcaffe.net.db import DataError, datum_array, open_reader, parse_datum, resolve_path
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.prefetch import PrefetchingDataLayer
+from numcaffe.net.proto.caffe_pb2 import Datum
 from numcaffe.net.transform import DataTransformer, decode_image
 
 
@@ -55,7 +56,10 @@ class DatumSource:
         return self.transformer.output_shape(*self.item_array(key, value)[0].shape)
 
     def _stack(self, records):
-        datums = [parse_datum(v, self._where(k)) for k, v in records]
+        try:
+            datums = [Datum.FromString(v) for _, v in records]
+        except Exception:  # find the bad record and report it by key
+            datums = [parse_datum(v, self._where(k)) for k, v in records]
         labels = np.array([d.label for d in datums], dtype=np.float32)
         datas = [d.data for d in datums]
         first = datums[0]
