@@ -135,6 +135,9 @@ def locate(args, out, log=print):
     """{gz name: path} of the source files, by the order in the module docstring."""
     explicit = args.dir or os.environ.get(ENV_DIR)
     if explicit:
+        if not os.path.isdir(explicit):
+            origin = "--dir" if args.dir else f"${ENV_DIR}"
+            raise DataError(f"{explicit}: no such directory (given by {origin})")
         files = local_files(explicit)
         if files is None:
             missing = [n for n in FILES if _find(explicit, n) is None]
