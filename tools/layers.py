@@ -20,54 +20,14 @@ import os
 import re
 
 from numcaffe.net.errors import ConfigError
+from numcaffe.net.netspec import param_fields, snake_case  # noqa: F401  (the derivation lives there)
 
 COMMAND = "layers"
 HELP = "list the registered layer types with their parameters (--markdown for the docs)"
 
-#: Types whose parameter message is named after another type (Caffe shares them).
-SHARED_PARAMS = {"Deconvolution": "convolution_param", "Im2col": "convolution_param",
-                 "RNN": "recurrent_param", "LSTM": "recurrent_param", "SoftmaxWithLoss": "softmax_param"}
-#: LayerParameter fields common to every layer; not listed per type.
-_COMMON = {"name", "type", "bottom", "top", "phase", "loss_weight", "param", "blobs", "propagate_down",
-           "include", "exclude"}
-
-
-def snake_case(name):
-    """``InnerProduct`` -> ``inner_product``, ``HDF5Data`` -> ``hdf5_data``, ``LRN`` -> ``lrn``."""
-    s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
-    s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s)
-    return s.lower()
-
-
 def _layer_fields():
     from numcaffe.net.proto import caffe_pb2
     return caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name
-
-
-def param_fields(type_name, cls):
-    """The LayerParameter fields (``*_param``) that layers of ``type_name`` read, in order."""
-    fields = _layer_fields()
-    found = []
-
-    def add(name):
-        if name in fields and name not in _COMMON and name not in found:
-            found.append(name)
-
-    for name in getattr(cls, "param_fields", ()) or ():
-        add(name)
-    add(SHARED_PARAMS.get(type_name, ""))
-    add(snake_case(type_name) + "_param")
-    add(type_name.lower() + "_param")
-    for klass in cls.__mro__:
-        if klass.__module__ == "numcaffe.layers.base" or klass is object:
-            continue
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        for name in re.findall(r"layer_param\.(\w+_param)\b", source):
-            add(name)
-    return found
 
 
 def _count(cls, kind):
