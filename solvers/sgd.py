@@ -160,6 +160,8 @@ class SGDSolver(Solver):
             self.compute_update_value(i, rate)
         for blob in self.net.learnable_params:
             subtract(blob.flat_data, blob.flat_diff)
+        if self.net.debug_info:
+            self.net.update_debug_info()
 
 
 @register_solver("Nesterov")

@@ -27,6 +27,7 @@ and snapshots taken while testing record the state from before the test, so
 that a resumed run repeats exactly the test the interrupted one began.
 """
 import copy
+import math
 import os
 import time
 
@@ -35,7 +36,7 @@ from google.protobuf import text_format
 
 from numcaffe.net import random as nc_random
 from numcaffe.net.config import read_message
-from numcaffe.net.errors import ConfigError, ModelFileError
+from numcaffe.net.errors import ConfigError, ModelFileError, NumericalError
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.solvers import lr_policy, signals
 from numcaffe.solvers import state as solver_state
@@ -290,6 +291,7 @@ class Solver:
             log.info("Creating test net (#%d) specified by %s", i, what)
             state = p.test_state[i] if len(p.test_state) else None
             nets.append(self._make_net(net_param, caffe_pb2.TEST, state, base, src))
+            nets[-1].debug_info = p.debug_info
         return nets
 
     def _init_monitors(self):
@@ -378,10 +380,13 @@ class Solver:
                 if self.requested_early_exit:
                     break
             display = p.display and self.iter % p.display == 0
+            self.net.debug_info = bool(display and p.debug_info)
             loss = 0.0
             for _ in range(p.iter_size):
                 loss += self.net.ForwardBackward()
             loss /= p.iter_size
+            if not math.isfinite(loss):
+                self._diverged(loss)
             self._update_smoothed_loss(loss, start_iter, average_loss)
             if display:
                 lapse = time.perf_counter() - timer
@@ -403,6 +408,14 @@ class Solver:
             if request in (signals.STOP, signals.SNAPSHOT_STOP):
                 self.requested_early_exit = True
                 break
+
+    def _diverged(self, loss):
+        """A NaN or Inf loss: say where it first appears and stop (the last snapshot stays good)."""
+        where = self.net.locate_nonfinite()
+        detail = (f"; the first non-finite value is the {where[2]} of layer {where[1]!r} ({where[0]} pass)"
+                  if where else "")
+        raise NumericalError(f"iteration {self.iter}: the training loss is {loss}{detail}; lower base_lr "
+                             f"(now {fmt(self.param.base_lr)}) or set clip_gradients")
 
     @staticmethod
     def _outputs(net):

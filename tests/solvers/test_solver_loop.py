@@ -295,3 +295,36 @@ def test_weights_in_hdf5_round_trip(workdir):
 def test_bad_solver_configs(workdir, text, needle):
     with pytest.raises(ConfigError, match=needle):
         get_solver(str(write_solver(workdir, text)))
+
+
+def test_a_diverging_loss_is_a_clear_error(workdir):
+    from numcaffe.net.errors import NumericalError
+    solver = make(workdir, "base_lr: 1e30 test_interval: 100 test_initialization: false")
+    with pytest.raises(NumericalError, match=r"iteration \d+: the training loss is (nan|inf).*first non-finite value "
+                                             r"is the .* of layer '\w+'.*lower base_lr \(now 1e\+30\)"):
+        with np.errstate(all="ignore"):
+            solver.step(20)
+
+
+def test_debug_info_lines_on_display_iterations(workdir, numcaffe_log):
+    solver = make(workdir, "debug_info: true display: 2 test_interval: 100 test_initialization: false")
+    solver.step(2)
+    msgs = numcaffe_log.messages
+    assert any(m.startswith("    [Forward] Layer ip1, top blob ip1 data: ") for m in msgs)
+    assert any(m.startswith("    [Backward] Layer ip2, param blob 0 diff: ") for m in msgs)
+    assert any(m.startswith("    [Update] Layer ip1, param ") for m in msgs)
+    # only on display iterations: iteration 1 adds no lines
+    per_iter = sum(m.startswith("    [Forward] Layer ip1, top") for m in msgs)
+    assert per_iter == 1
+
+
+def test_progress_bar_when_asked(workdir, capsys):
+    pytest.importorskip("tqdm")
+    solver = make(workdir, "test_interval: 100 max_iter: 6 snapshot_after_train: false")
+    solver.solve(progress=True)
+    err = capsys.readouterr().err
+    assert "6/6" in err and "iter" in err
+    assert "Optimization Done." in err         # the log still gets through, around the bar
+    solver = make(workdir, "test_interval: 100 max_iter: 6 snapshot_after_train: false")
+    solver.solve()                             # stderr is not a terminal here: no bar
+    assert "6/6" not in capsys.readouterr().err

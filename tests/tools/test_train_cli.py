@@ -150,14 +150,19 @@ def test_ctrl_c_snapshots_and_resume_continues_the_identical_run(tmp_path, capsy
     proc = subprocess.Popen([sys.executable, "-m", "numcaffe.tools.cli", "train", "--solver", str(long_run)],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     _wait_for(proc, r"\] Iteration 300 \(")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGHUP)          # SIGHUP: snapshot and go on
+    seen = _wait_for(proc, r"Snapshotting solver state to binary proto file \S+long_iter_\d+\.solverstate")
+    hup_iter = int(re.search(r"long_iter_(\d+)\.solverstate", seen[-1]).group(1))
+    _wait_for(proc, rf"\] Iteration {(hup_iter // 100 + 1) * 100} \(")
+    proc.send_signal(signal.SIGINT)          # Ctrl-C: snapshot, then stop
     _, rest = proc.communicate(timeout=90)
     assert proc.returncode == 0, rest
+    assert os.path.exists(tmp_path / "logreg" / "snapshots" / f"long_iter_{hup_iter}.solverstate")
     assert "Optimization stopped early." in rest
     m = re.search(r"Snapshotting solver state to binary proto file (\S+long_iter_(\d+)\.solverstate)", rest)
     assert m, rest
     state, k = m.group(1), int(m.group(2))
-    assert k >= 300
+    assert k > hup_iter >= 300
     state = state if os.path.isabs(state) else str(tmp_path / state)
     assert os.path.exists(state) and os.path.exists(state.replace(".solverstate", ".caffemodel"))
     assert rest.count("Snapshotting solver state") == 1    # snapshot_stop: one snapshot, not two
