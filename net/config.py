@@ -118,10 +118,33 @@ def parse_text(text, msg, path="<string>"):
             line += f":{e.GetColumn()}"
         detail = str(e)
         detail = re.sub(r"^\d+:\d+ : ", "", detail)
-        raise ConfigError(f"{path}{line}: {detail}") from None
+        raise ConfigError(f"{path}{line}: {detail}{_text_hint(detail, msg)}") from None
     except (RecursionError, ValueError, OverflowError) as e:
         raise ConfigError(f"{path}: cannot parse as {msg.DESCRIPTOR.name}: {e}") from None
     return msg
+
+
+def _text_hint(detail, msg):
+    """'; did you mean ...?' for an unknown field or enum value named in a text-format error."""
+    import difflib
+
+    pool = msg.DESCRIPTOR.file.pool
+    m = re.search(r'Message type "([\w.]+)" has no field named "(\w+)"', detail)
+    if m:
+        try:
+            names = list(pool.FindMessageTypeByName(m.group(1)).fields_by_name)
+        except KeyError:
+            return ""
+    else:
+        m = re.search(r'Enum type "([\w.]+)" has no value named (\w+)', detail)
+        if not m:
+            return ""
+        try:
+            names = list(pool.FindEnumTypeByName(m.group(1)).values_by_name)
+        except KeyError:
+            return ""
+    near = difflib.get_close_matches(m.group(2), names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
 
 
 # ---------------------------------------------------------------- YAML
@@ -145,11 +168,27 @@ def parse_yaml(text, msg, path="<string>"):
         loader.dispose()
     if node is None:
         return msg  # an empty file is an empty message
+    ctx = _Ctx(path, loader)
+    _reject_tags(node, ctx)
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path}:{node.start_mark.line + 1}: expected a mapping of "
                           f"{msg.DESCRIPTOR.name} fields at the top level")
-    _fill_message(msg, node, _Ctx(path, loader))
+    _fill_message(msg, node, ctx)
     return msg
+
+
+def _reject_tags(root, ctx):
+    """No explicit tags (``!!python/...``, ``!local``) anywhere: configs are plain data."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.tag.startswith("tag:yaml.org,2002:python") or node.tag.startswith("!"):
+            raise ctx.error(node, f"YAML tag {node.tag!r} is not allowed in configs (they hold plain data only)")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack.extend((k, v))
 
 
 class _Ctx:
