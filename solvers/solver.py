@@ -634,16 +634,17 @@ class Solver:
         """Continue from a .solverstate (or .solverstate.h5): weights, history, iteration, and all the rest."""
         state_file = os.fspath(state_file)
         st = solver_state.read_state(state_file)
-        self.iter = st.iter
+        extra = st.extra
+        if extra is not None and extra.get("type") and extra["type"] != self.type_name:
+            raise ModelFileError(f"{state_file}: was written by a solver of type {extra['type']}; this solver's "
+                                 f"type is {self.type_name}")
+        self.check_history(st)            # before anything changes: a bad state leaves the solver as it was
         if st.learned_net:
             self.net.copy_from(self._learned_net_path(st.learned_net, state_file))
+        self.iter = st.iter
         self.current_step = st.current_step
         self.restore_history(st)
-        extra = st.extra
         if extra is not None:
-            if extra.get("type") and extra["type"] != self.type_name:
-                raise ModelFileError(f"{state_file}: written by a {extra['type']} solver; this solver is "
-                                     f"{self.type_name}")
             self._restore_extra_state(extra)
         else:
             log.info("%s has no numcaffe state (a Caffe solver state): data positions and random "
@@ -651,17 +652,20 @@ class Solver:
         self.requested_early_exit = False
         return st
 
-    def restore_history(self, st):
+    def check_history(self, st):
         expected = self.history_arrays()
         if len(st.history) != len(expected):
             raise ModelFileError(f"{st.path}: incorrect length of history blobs: the file has {len(st.history)}, "
                                  f"the {self.type_name} solver for this net needs {len(expected)}")
-        log.info("%sSolver: restoring history", self.type_name)
         names = self.history_names()
         for i, (dst, src) in enumerate(zip(expected, st.history)):
             if dst.size != src.size:
                 raise ModelFileError(f"{st.path}: history blob {i} ({names[i]}) has shape {tuple(src.shape)}, "
                                      f"the net's parameter has shape {dst.shape}")
+
+    def restore_history(self, st):
+        log.info("%sSolver: restoring history", self.type_name)
+        for dst, src in zip(self.history_arrays(), st.history):
             dst[...] = src.reshape(dst.shape)
 
     def history_names(self):

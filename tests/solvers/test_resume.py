@@ -119,8 +119,19 @@ def test_restore_rejects_a_state_of_another_solver(workdir):
     solver = make_solver(workdir, "Adam")
     solver.step(1)
     path = solver.snapshot()
-    with pytest.raises(ModelFileError, match="incorrect length of history blobs: the file has 8"):
-        make_solver(workdir, "SGD").restore(path)
+    sgd = make_solver(workdir, "SGD")
+    before = weights(sgd)
+    with pytest.raises(ModelFileError, match="was written by a solver of type Adam; this solver's type is SGD"):
+        sgd.restore(path)
+    # a state without numcaffe's part (Caffe's own) is checked by its history, before anything changes
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(Path(path).read_bytes())
+    state.ClearField("numcaffe_state")
+    Path(path).write_bytes(state.SerializeToString())
+    with pytest.raises(ModelFileError, match="incorrect length of history blobs: the file has 8, the SGD solver "
+                                             "for this net needs 4"):
+        sgd.restore(path)
+    assert sgd.iter == 0 and all(np.array_equal(a, b) for a, b in zip(before, weights(sgd)))
 
 
 KILL_SCRIPT = """
