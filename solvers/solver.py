@@ -142,6 +142,9 @@ class Solver:
         nc_random.set_random_seed(param.random_seed)
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
+        for net in self.test_nets:
+            # Caffe shares at every test; sharing now as well lets solver.test_nets[i] be used at any time.
+            net.share_trained_layers_with(self.net)
         for w in self.param.weights:
             self.copy_weights(w)
         log.info("Solver scaffolding done.")

@@ -70,9 +70,11 @@ def test_test_initialization_false_and_test_compute_loss(workdir, numcaffe_log):
 
 
 def test_test_scores_are_means_over_test_iter_with_shared_weights(workdir):
-    solver = make(workdir)
+    solver = make(workdir, "test_interval: 100 test_initialization: false")
     solver.step(3)
     test_net = solver.test_nets[0]
+    # no test has run yet, and the test net already reads the trained weights (pycaffe-style use)
+    assert np.array_equal(test_net.params["ip1"][0].data, solver.net.params["ip1"][0].data)
     scores = solver.test(0)
     # the test net reads the train net's weights
     for name in ("ip1", "ip2"):
