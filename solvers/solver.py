@@ -182,6 +182,9 @@ class Solver:
         if any(t < 0 for t in p.test_iter):
             raise ConfigError(f"test_iter must be >= 0 (got {list(p.test_iter)})")
         lr_policy.check_policy(p)
+        if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+            from numcaffe.net.hdf5 import require_h5py
+            require_h5py("snapshot_format: HDF5")
 
     def _path(self, path):
         """A path from the solver: absolute, else in the solver's directory, else in the working directory."""

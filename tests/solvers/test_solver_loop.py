@@ -1,6 +1,7 @@
 """The training loop: Caffe's Step/Solve order, tests, snapshots, signals, early stopping, net forms."""
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -323,3 +324,19 @@ def test_progress_bar_when_asked(workdir, capsys):
     solver = make(workdir, "test_interval: 100 max_iter: 6 snapshot_after_train: false")
     solver.solve()                             # stderr is not a terminal here: no bar
     assert "6/6" not in capsys.readouterr().err
+
+
+def test_hdf5_snapshots_without_h5py_fail_at_once(workdir, monkeypatch):
+    from numcaffe.net.errors import NumcaffeError
+    param = _with(make(workdir).param, snapshot_format=caffe_pb2.SolverParameter.HDF5)
+    monkeypatch.setitem(sys.modules, "h5py", None)     # as if h5py were not installed
+    with pytest.raises(NumcaffeError, match=r"snapshot_format: HDF5 need the h5py package.*pip install"):
+        get_solver(param, base_dir=str(workdir))
+
+
+def _with(param, **fields):
+    out = caffe_pb2.SolverParameter()
+    out.CopyFrom(param)
+    for k, v in fields.items():
+        setattr(out, k, v)
+    return out
