@@ -9,6 +9,8 @@ Sharing (``share_data`` / ``share_diff``) makes two blobs use one buffer; the
 buffer lives in a small holder object, so a later reshape of either blob that
 grows the buffer is seen by both (Caffe's shared pointers lose the link there).
 """
+import os
+
 import numpy as np
 
 from numcaffe.net.errors import ShapeError
@@ -17,6 +19,26 @@ from numcaffe.net.errors import ShapeError
 MAX_BLOB_AXES = 32
 #: The largest element count a blob may hold; guards against hostile shapes.
 MAX_BLOB_COUNT = 2 ** 31 - 1
+
+
+def _max_blob_bytes():
+    """An eighth of the machine's memory (or $NUMCAFFE_MAX_BLOB_BYTES): one blob's data and diff,
+    plus the float64 temporaries a filler makes, then stay well inside it, so a hostile shape
+    is an error instead of an out-of-memory kill."""
+    try:
+        value = int(os.environ.get("NUMCAFFE_MAX_BLOB_BYTES", "0"))
+    except ValueError:
+        value = 0
+    if value > 0:
+        return value
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+#: The largest buffer (data or diff) a blob may hold, in bytes; None: no limit beyond MAX_BLOB_COUNT.
+MAX_BLOB_BYTES = _max_blob_bytes()
 
 
 class _Memory:
@@ -46,6 +68,10 @@ def check_shape(shape):
         count *= d
         if count > MAX_BLOB_COUNT:
             raise ShapeError(f"blob shape {shape} has more than {MAX_BLOB_COUNT} elements")
+    if MAX_BLOB_BYTES and count * 4 > MAX_BLOB_BYTES:
+        raise ShapeError(f"blob shape {shape} needs {count * 4 / 2 ** 30:.2f} GiB, more than the "
+                         f"{MAX_BLOB_BYTES / 2 ** 30:.2f} GiB a blob may take on this machine (an eighth of "
+                         f"its memory; set NUMCAFFE_MAX_BLOB_BYTES to change it)")
     return shape, count
 
 

@@ -156,7 +156,10 @@ class _Loader(yaml.SafeLoader):
 
 def parse_yaml(text, msg, path="<string>"):
     """Map YAML ``text`` onto ``msg``."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)          # the reader rejects control characters right here
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: YAML syntax error: {getattr(e, 'problem', None) or e}") from None
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as e:
@@ -164,6 +167,8 @@ def parse_yaml(text, msg, path="<string>"):
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{path}{line}: YAML syntax error: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
     finally:
         loader.dispose()
     if node is None:
