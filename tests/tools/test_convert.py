@@ -123,3 +123,13 @@ def test_unknown_binary_fields_are_not_silently_dropped(tmp_path, capsys):
     assert "does not know" in capsys.readouterr().err
     assert main(["convert", str(src), str(tmp_path / "y.caffemodel")]) == 0
     assert (tmp_path / "y.caffemodel").read_bytes() == raw
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    import os
+    import stat
+    out = tmp_path / "net.yaml"
+    convert.convert(str(CONFIGS[0]), str(out))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask

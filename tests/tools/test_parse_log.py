@@ -97,3 +97,35 @@ def test_cli_errors(tmp_path, monkeypatch, capsys, argv_tail, needle):
     assert main(["parse-log"] + argv_tail) == 1
     err = capsys.readouterr().err
     assert err.startswith("numcaffe: error: ") and needle in err and "Traceback" not in err
+
+
+TINY_NET = """name: "tiny"
+layer { name: "d" type: "DummyData" top: "x" top: "y"
+        dummy_data_param { shape { dim: 8 dim: 4 } shape { dim: 8 dim: 2 } data_filler { type: "gaussian" } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+        inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }
+"""
+TINY_SOLVER = """net: "net.prototxt"
+test_iter: 2 test_interval: 10 base_lr: 0.01 display: 5 max_iter: 20
+lr_policy: "step" stepsize: 10 gamma: 0.5 snapshot_after_train: false random_seed: 1
+"""
+
+
+def test_a_real_numcaffe_training_log(tmp_path, monkeypatch, capsys):
+    from numcaffe.tools.cli import _commands
+    if "train" not in _commands():
+        pytest.skip("numcaffe train is not available")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(TINY_NET)
+    (tmp_path / "solver.prototxt").write_text(TINY_SOLVER)
+    capsys.readouterr()
+    assert main(["train", "--solver", "solver.prototxt", "--progress", "off"]) == 0
+    log = tmp_path / "train.log"
+    log.write_text(capsys.readouterr().err)
+    t = parse_log(log)
+    assert [r["NumIters"] for r in t.train.rows] == [0, 5, 10, 15]
+    assert [r["NumIters"] for r in t.test.rows] == [0, 10, 20]
+    assert [r["LearningRate"] for r in t.train.rows] == [0.01, 0.01, 0.005, 0.005]
+    assert t.train.outputs == ["loss"] and t.test.outputs == ["loss"]
+    assert all(r["Seconds"] >= 0 for r in t.train.rows + t.test.rows)
