@@ -1,4 +1,6 @@
 """Every user-facing failure of every subcommand: one ``numcaffe: error: ...`` line, exit 1, no traceback."""
+import os
+
 import pytest
 
 from numcaffe.tools.cli import main
@@ -129,6 +131,15 @@ def test_directory_instead_of_a_file(files, capsys, command):
     (files / "adir.prototxt").mkdir()
     status, _, err = cli(NET_COMMANDS[command]("adir.prototxt"), capsys)
     assert_clean_error(status, err, "adir.prototxt", "directory")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+@pytest.mark.parametrize("command", sorted(NET_COMMANDS))
+def test_unreadable_file(files, capsys, command):
+    (files / "locked.prototxt").write_text(NET)
+    os.chmod(files / "locked.prototxt", 0)
+    status, _, err = cli(NET_COMMANDS[command]("locked.prototxt"), capsys)
+    assert_clean_error(status, err, "locked.prototxt", "cannot read")
 
 
 @pytest.mark.parametrize("command", sorted(NET_COMMANDS))
