@@ -38,8 +38,8 @@ def _commands():
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.print_usage(sys.stderr)
-        print(f"numcaffe: error: {message}", file=sys.stderr)
+        # One line, as every other failure: the usage is one `--help` away.
+        print(f"numcaffe: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         sys.exit(1)
 
 
