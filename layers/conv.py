@@ -1,0 +1,713 @@
+"""Convolution, Deconvolution and Im2col: Caffe's im2col + GEMM convolution.
+
+Notation: a convolution maps an "image" blob of ``C`` channels and spatial
+shape ``S`` to a "column" matrix of ``K = C * prod(kernel)`` rows and one column
+per output position.  Column ``(n, o)`` of row ``(c, k)`` holds the input pixel
+``i_d = o_d * stride_d - pad_d + k_d * dilation_d`` of image ``n``, channel
+``c`` (zero outside the image).  Caffe's orders are kept: rows are channel-major
+then kernel offsets, columns are output positions in C order.
+
+Convolution (weights ``(M, C/g, *kernel)``, g groups)::
+
+    col = im2col(x);  y[g] = W[g] @ col[g] + b          (per group g)
+    dW[g] += dy[g] @ col[g].T;  db += sum(dy);  dx = col2im(W[g].T @ dy[g])
+
+Deconvolution is the same pair run backwards (weights ``(C, M/g, *kernel)``)::
+
+    y = col2im(W[g].T @ x[g]) + b;  dx[g] = W[g] @ im2col(dy)[g];  dW[g] += x[g] @ im2col(dy)[g].T
+
+Output sizes are Caffe's: convolution ``(in + 2 pad - ext) / stride + 1`` with
+C's truncating division, deconvolution ``stride (in - 1) + ext - 2 pad``, where
+``ext = dilation (kernel - 1) + 1``.
+
+How the work is laid out (measured on LeNet, see bench/bench_conv.py):
+
+* im2col is a gather through a table ``(kernel tap, output position) -> input
+  pixel`` built once per geometry, so one pair of kernels serves any number of
+  spatial axes (``force_nd_im2col`` is accepted; the result is the same).
+* Images with many output positions (``P >= PER_IMAGE_MIN_P``) get one GEMM
+  each, as in Caffe, but through numpy's stacked matmul (one call for the
+  batch) writing straight into the NCHW top.  Images with few positions are
+  batched into one ``(K, N * P)`` column matrix and one GEMM, with jitted
+  transposes to and from NCHW.  Groups are one stacked matmul, never a loop.
+* Columns are kept in buffers that live with the layer (grown, never freed);
+  batches whose columns exceed ``COL_LIMIT`` elements run in chunks of images.
+  When one chunk holds the whole batch, backward reuses forward's columns for
+  the weight gradient.
+* Depthwise convolution (``group == channels``, 2-D) skips im2col: a direct
+  kernel, channel multiplier allowed.
+* The kernels are serial: on two cores, numba's threads and OpenBLAS's threads
+  took the cores from each other (measured 2x slower); the GEMMs use OpenBLAS's.
+"""
+import numpy as np
+from numba import njit
+
+from numcaffe.layers.base import Layer, register
+from numcaffe.net.blob import Blob
+from numcaffe.net.errors import ConfigError
+from numcaffe.net.filler import fill
+
+#: Largest column buffer (in float32 elements) a layer keeps; bigger batches run in chunks.
+COL_LIMIT = 1 << 22
+#: Output positions per image from which each image gets its own GEMM (else one GEMM per chunk).
+PER_IMAGE_MIN_P = 256
+#: Elements of the stacked per-image weight-gradient products summed at once.
+DW_BATCH_LIMIT = 1 << 20
+
+
+# ---------------------------------------------------------------------------
+# Kernels.  Images are flat NC(spatial) arrays; a column matrix is a flat array
+# where element (row, n, o) sits at row * rs + n * ns + o (rs, ns: its strides),
+# so one kernel serves both the batched (K, N*P) layout and Im2col's (N, K, P).
+# ---------------------------------------------------------------------------
+
+@njit(cache=True)
+def _valid_range(n_out, stride, offset, size):
+    """The outputs o in [lo, hi) with 0 <= o * stride + offset < size."""
+    lo = 0
+    if offset < 0:
+        lo = (-offset + stride - 1) // stride
+    hi = 0
+    if size - offset > 0:
+        hi = (size - offset + stride - 1) // stride
+    if hi > n_out:
+        hi = n_out
+    if lo > hi:
+        lo = hi
+    return lo, hi
+
+
+@njit(cache=True)
+def build_table(ishape, oshape, kernel, stride, pad, dilation, table):
+    """table[k, o] = flat input index read by kernel tap k at output position o, or -1 in the padding.
+
+    Any number of spatial axes; taps and positions are numbered in C order.
+    """
+    D = ishape.size
+    P = 1
+    KK = 1
+    for d in range(D):
+        P *= oshape[d]
+        KK *= kernel[d]
+    koff = np.empty(D, np.int64)
+    for k in range(KK):
+        rem = k
+        for d in range(D - 1, -1, -1):
+            koff[d] = rem % kernel[d]
+            rem //= kernel[d]
+        for o in range(P):
+            rem = o
+            idx = 0
+            mult = 1
+            for d in range(D - 1, -1, -1):
+                od = rem % oshape[d]
+                rem //= oshape[d]
+                i = od * stride[d] - pad[d] + koff[d] * dilation[d]
+                if i < 0 or i >= ishape[d]:
+                    idx = -1
+                    break
+                idx += i * mult
+                mult *= ishape[d]
+            table[k * P + o] = idx
+
+
+@njit(cache=True, nogil=True)
+def im2col(img, N, C, isize, KK, P, table, padded, col, rs, ns):
+    """col[(c, k), n, o] = img[n, c, table[k, o]] (0 where the table says padding)."""
+    for n in range(N):
+        for c in range(C):
+            src = (n * C + c) * isize
+            for k in range(KK):
+                t0 = k * P
+                dst = (c * KK + k) * rs + n * ns
+                if padded:
+                    for o in range(P):
+                        i = table[t0 + o]
+                        col[dst + o] = img[src + i] if i >= 0 else 0.0
+                else:
+                    for o in range(P):
+                        col[dst + o] = img[src + table[t0 + o]]
+
+
+@njit(cache=True, nogil=True)
+def col2im(col, rs, ns, N, C, isize, KK, P, table, img):
+    """img[n, c] = sum over taps and positions of the column entries im2col copied from each pixel."""
+    for n in range(N):
+        for c in range(C):
+            dst = (n * C + c) * isize
+            for i in range(isize):
+                img[dst + i] = 0.0
+            for k in range(KK):
+                t0 = k * P
+                src = (c * KK + k) * rs + n * ns
+                for o in range(P):
+                    i = table[t0 + o]
+                    if i >= 0:
+                        img[dst + i] += col[src + o]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def to_rows(src, N, R, Q, dst, bias_diff, with_bias):
+    """dst[r, n*Q + q] = src[n, r, q];  bias_diff[r] += sum over n, q (if with_bias)."""
+    for r in range(R):
+        s = np.float32(0.0)
+        for n in range(N):
+            a = (n * R + r) * Q
+            b = r * N * Q + n * Q
+            for q in range(Q):
+                v = src[a + q]
+                dst[b + q] = v
+                s += v
+        if with_bias:
+            bias_diff[r] += s
+
+
+@njit(cache=True, nogil=True)
+def from_rows(src, N, R, Q, bias, with_bias, dst):
+    """dst[n, r, q] = src[r, n*Q + q] (+ bias[r] if with_bias)."""
+    for n in range(N):
+        for r in range(R):
+            a = r * N * Q + n * Q
+            b = (n * R + r) * Q
+            off = bias[r] if with_bias else np.float32(0.0)
+            for q in range(Q):
+                dst[b + q] = src[a + q] + off
+
+
+@njit(cache=True, nogil=True)
+def add_bias(y, N, R, Q, bias):
+    """y[n, r, q] += bias[r]."""
+    for n in range(N):
+        for r in range(R):
+            b = bias[r]
+            a = (n * R + r) * Q
+            for q in range(Q):
+                y[a + q] += b
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def bias_grad(dy, N, R, Q, bias_diff):
+    """bias_diff[r] += sum over n, q of dy[n, r, q]."""
+    for r in range(R):
+        s = np.float32(0.0)
+        for n in range(N):
+            a = (n * R + r) * Q
+            for q in range(Q):
+                s += dy[a + q]
+        bias_diff[r] += s
+
+
+@njit(cache=True, nogil=True)
+def depthwise_forward(x, N, C, H, W, w, M, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, bias, with_bias, y):
+    """y[n, m, oh, ow] = b[m] + sum_ij w[m, i, j] x[n, m // (M/C), oh*sh - ph + i*dh, ow*sw - pw + j*dw]."""
+    mult = M // C
+    for nm in range(N * M):
+        m = nm % M
+        c = m // mult
+        src0 = ((nm // M) * C + c) * H * W
+        dst0 = nm * Ho * Wo
+        b = bias[m] if with_bias else np.float32(0.0)
+        for k in range(Ho * Wo):
+            y[dst0 + k] = b
+        for i in range(kh):
+            hlo, hhi = _valid_range(Ho, sh, i * dh - ph, H)
+            for j in range(kw):
+                woff = j * dw - pw
+                wlo, whi = _valid_range(Wo, sw, woff, W)
+                wv = w[(m * kh + i) * kw + j]
+                for oh in range(hlo, hhi):
+                    src = src0 + (oh * sh - ph + i * dh) * W + woff
+                    dst = dst0 + oh * Wo
+                    for ow in range(wlo, whi):
+                        y[dst + ow] += wv * x[src + ow * sw]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def depthwise_backward(x, dy, N, C, H, W, w, M, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
+                       dw_acc, want_dw, dx, want_dx):
+    """dw[m, i, j] += sum dy * x (at the tap);  dx = sum over taps of w * dy (overwritten)."""
+    mult = M // C
+    if want_dx:
+        for k in range(N * C * H * W):
+            dx[k] = 0.0
+    for n in range(N):
+        for m in range(M):
+            c = m // mult
+            src0 = (n * C + c) * H * W
+            g0 = (n * M + m) * Ho * Wo
+            for i in range(kh):
+                hlo, hhi = _valid_range(Ho, sh, i * dh - ph, H)
+                for j in range(kw):
+                    woff = j * dw - pw
+                    wlo, whi = _valid_range(Wo, sw, woff, W)
+                    widx = (m * kh + i) * kw + j
+                    wv = w[widx]
+                    s = np.float32(0.0)
+                    for oh in range(hlo, hhi):
+                        src = src0 + (oh * sh - ph + i * dh) * W + woff
+                        g = g0 + oh * Wo
+                        if want_dw:
+                            for ow in range(wlo, whi):
+                                s += dy[g + ow] * x[src + ow * sw]
+                        if want_dx:
+                            for ow in range(wlo, whi):
+                                dx[src + ow * sw] += wv * dy[g + ow]
+                    if want_dw:
+                        dw_acc[widx] += s
+
+
+# ---------------------------------------------------------------------------
+# Parameters.
+# ---------------------------------------------------------------------------
+
+def _c_div(a, b):
+    """Integer division truncating toward zero, as C's ``/``."""
+    q = abs(a) // b
+    return q if a >= 0 else -q
+
+
+def spatial_params(layer, p, num_spatial):
+    """(kernel, stride, pad, dilation) lists from a ConvolutionParameter, Caffe's rules."""
+    where = layer.describe()
+
+    def per_axis(name, values, default):
+        n = len(values)
+        if n == 0 and default is not None:
+            return [default] * num_spatial
+        if n not in (1, num_spatial):
+            raise ConfigError(f"{where}: {name} must be given once, or once per spatial axis "
+                              f"({name} given {n} times; {num_spatial} spatial axes)")
+        return [int(values[0 if n == 1 else i]) for i in range(num_spatial)]
+
+    def legacy(name, h, w, values, default):
+        if p.HasField(h) or p.HasField(w):
+            if num_spatial != 2:
+                raise ConfigError(f"{where}: {h} and {w} can only be used for 2-D convolution "
+                                  f"(this input has {num_spatial} spatial axes)")
+            if len(values):
+                raise ConfigError(f"{where}: give either {name} or {h}/{w}, not both")
+            if name == "kernel_size" and not (p.HasField(h) and p.HasField(w)):
+                raise ConfigError(f"{where}: a non-square kernel needs both kernel_h and kernel_w")
+            return [int(getattr(p, h)), int(getattr(p, w))]
+        return per_axis(name, values, default)
+
+    if num_spatial == 0:
+        return [], [], [], []
+    if not p.HasField("kernel_h") and not p.HasField("kernel_w") and not len(p.kernel_size):
+        raise ConfigError(f"{where}: kernel_size (or kernel_h and kernel_w) is required")
+    kernel = legacy("kernel_size", "kernel_h", "kernel_w", p.kernel_size, None)
+    stride = legacy("stride", "stride_h", "stride_w", p.stride, 1)
+    pad = legacy("pad", "pad_h", "pad_w", p.pad, 0)
+    dilation = per_axis("dilation", p.dilation, 1)
+    for name, vals in (("kernel size", kernel), ("stride", stride), ("dilation", dilation)):
+        if any(v <= 0 for v in vals):
+            raise ConfigError(f"{where}: {name} must be positive, got {vals}")
+    return kernel, stride, pad, dilation
+
+
+class _Buffers:
+    """Named float32 scratch arrays that grow and are reused (never shrink)."""
+
+    def __init__(self):
+        self._arrays = {}
+
+    def get(self, name, size):
+        a = self._arrays.get(name)
+        if a is None or a.size < size:
+            a = np.zeros(max(int(size), 1), dtype=np.float32)
+            self._arrays[name] = a
+        return a[:size]
+
+
+class _Im2col:
+    """The im2col / col2im pair for one geometry: image (C, *ishape) <-> columns over oshape.
+
+    The map from (kernel tap, output position) to input pixel is tabulated once
+    (any number of spatial axes), so the kernels are plain gathers and scatters.
+    """
+
+    def __init__(self, C, ishape, oshape, kernel, stride, pad, dilation):
+        as64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+        self.C = C
+        self.KK = int(np.prod(kernel, dtype=np.int64))
+        self.P = int(np.prod(oshape, dtype=np.int64))
+        self.isize = int(np.prod(ishape, dtype=np.int64))
+        self.rows = C * self.KK
+        self.image_size = C * self.isize
+        # 1x1, stride 1, no pad: im2col is a plain transpose.
+        self.identity = all(k == 1 and s == 1 and q == 0 for k, s, q in zip(kernel, stride, pad))
+        self.table = np.empty(self.KK * self.P, dtype=np.int32)
+        build_table(as64(ishape), as64(oshape), as64(kernel), as64(stride), as64(pad), as64(dilation),
+                    self.table)
+        self.padded = bool((self.table < 0).any())
+
+    def im2col(self, img, N, col, rs, ns):
+        """Images img[:N] into col, element (row, n, o) at row * rs + n * ns + o."""
+        im2col(img, N, self.C, self.isize, self.KK, self.P, self.table, self.padded, col, rs, ns)
+
+    def col2im(self, col, rs, ns, N, img):
+        col2im(col, rs, ns, N, self.C, self.isize, self.KK, self.P, self.table, img)
+
+    def to_columns(self, img, N, col):
+        """The batched layout (rows, N * P) of images img[:N]."""
+        if self.identity:
+            to_rows(img, N, self.rows, self.P, col, _NO_BIAS, False)
+        else:
+            self.im2col(img, N, col, N * self.P, self.P)
+
+    def from_columns(self, col, N, img):
+        """img[:N] = col2im of the batched layout."""
+        if self.identity:
+            from_rows(col, N, self.rows, self.P, _NO_BIAS, False, img)
+        else:
+            self.col2im(col, N * self.P, self.P, N, img)
+
+
+_NO_BIAS = np.zeros(1, dtype=np.float32)
+
+
+def _gemm(a, b, out):
+    """out[g] = a[g] @ b[g] for stacked matrices; a plain 2-D GEMM when there is one group."""
+    if a.shape[0] == 1:
+        np.matmul(a[0], b[0], out=out[0])
+    else:
+        np.matmul(a, b, out=out)
+
+
+class BaseConvolutionLayer(Layer):
+    """What Convolution and Deconvolution share: parameters, weights, shapes, buffers."""
+
+    min_num_bottom = 1
+    min_num_top = 1
+    equal_num_bottom_top = True
+    #: Deconvolution: the weights map outputs to inputs.
+    reverse = False
+
+    def LayerSetUp(self, bottom, top):
+        p = self.layer_param.convolution_param
+        self.channel_axis = bottom[0].canonical_axis(p.axis)
+        self.num_spatial = bottom[0].num_axes - self.channel_axis - 1
+        self.kernel, self.stride, self.pad, self.dilation = spatial_params(self, p, self.num_spatial)
+        self.channels = bottom[0].shape[self.channel_axis]
+        self.num_output = p.num_output
+        self.group = p.group
+        if self.num_output <= 0:
+            raise ConfigError(f"{self.describe()}: num_output must be positive")
+        if self.group <= 0 or self.channels % self.group or self.num_output % self.group:
+            raise ConfigError(f"{self.describe()}: group {self.group} must divide both the input "
+                              f"channels ({self.channels}) and num_output ({self.num_output})")
+        out_ch, in_ch = ((self.channels, self.num_output) if self.reverse
+                         else (self.num_output, self.channels))
+        weight_shape = (out_ch, in_ch // self.group, *self.kernel)
+        self.bias_term = p.bias_term
+        if self.blobs:
+            if len(self.blobs) != 1 + self.bias_term:
+                raise ConfigError(f"{self.describe()}: expected {1 + self.bias_term} parameter blobs "
+                                  f"(weights{' and bias' if self.bias_term else ''}), got {len(self.blobs)}")
+            if self.blobs[0].shape != weight_shape:
+                raise ConfigError(f"{self.describe()}: weight shape must be {weight_shape}, "
+                                  f"got {self.blobs[0].shape}")
+            if self.bias_term and self.blobs[1].shape != (self.num_output,):
+                raise ConfigError(f"{self.describe()}: bias shape must be ({self.num_output},), "
+                                  f"got {self.blobs[1].shape}")
+        else:
+            self.blobs = [Blob(weight_shape)]
+            fill(self.blobs[0], p.weight_filler, self.random)
+            if self.bias_term:
+                self.blobs.append(Blob((self.num_output,)))
+                fill(self.blobs[1], p.bias_filler, self.random)
+        self.buffers = _Buffers()
+        self._geometry_key = None
+
+    def output_spatial(self, in_shape):
+        out = []
+        for i, n in enumerate(in_shape):
+            ext = self.dilation[i] * (self.kernel[i] - 1) + 1
+            if self.reverse:
+                out.append(self.stride[i] * (n - 1) + ext - 2 * self.pad[i])
+            else:
+                out.append(_c_div(n + 2 * self.pad[i] - ext, self.stride[i]) + 1)
+        return out
+
+    def Reshape(self, bottom, top):
+        b0 = bottom[0]
+        ax = self.channel_axis
+        if b0.num_axes != ax + 1 + self.num_spatial:
+            raise self.shape_error(f"the input must keep {ax + 1 + self.num_spatial} axes, got shape {b0.shape}")
+        if b0.shape[ax] != self.channels:
+            raise self.shape_error(f"the input has {b0.shape[ax]} channels; the weights were made "
+                                   f"for {self.channels}")
+        for b in bottom[1:]:
+            if b.shape != b0.shape:
+                raise self.shape_error(f"all inputs must have the same shape; got {b0.shape} and {b.shape}")
+        in_spatial = list(b0.shape[ax + 1:])
+        out_spatial = self.output_spatial(in_spatial)
+        if any(o <= 0 for o in out_spatial):
+            raise self.shape_error(f"input of spatial shape {tuple(in_spatial)} gives output "
+                                   f"{tuple(out_spatial)} with kernel {self.kernel}, stride "
+                                   f"{self.stride}, pad {self.pad}, dilation {self.dilation}")
+        top_shape = (*b0.shape[:ax], self.num_output, *out_spatial)
+        for t in top:
+            if any(t is b for b in bottom):
+                raise self.shape_error("cannot run in place")
+            t.reshape(top_shape)
+        self.num = b0.count_range(0, ax)
+        key = (self.num, tuple(in_spatial))
+        if key != self._geometry_key:
+            self._geometry_key = key
+            self.setup_geometry(in_spatial, out_spatial)
+
+    def setup_geometry(self, in_spatial, out_spatial):
+        # The convolution's "image" side and "column" side; Deconvolution swaps them.
+        if self.reverse:
+            img_ch, img_sp, col_sp = self.num_output, out_spatial, in_spatial
+        else:
+            img_ch, img_sp, col_sp = self.channels, in_spatial, out_spatial
+        self.in_spatial, self.out_spatial = in_spatial, out_spatial
+        self.depthwise = (not self.reverse and self.num_spatial == 2
+                          and self.group == self.channels and self.group > 1)
+        if self.depthwise:
+            return
+        self.geo = _Im2col(img_ch, img_sp, col_sp, self.kernel, self.stride, self.pad, self.dilation)
+        per_image = self.geo.rows * self.geo.P
+        self.chunk = max(1, min(self.num, COL_LIMIT // max(per_image, 1)))
+
+    def _chunks(self):
+        N, chunk = self.num, self.chunk
+        return [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
+
+    def _depthwise_args(self):
+        return (*self.in_spatial, self.blobs[0].flat_data, self.num_output, *self.kernel, *self.stride,
+                *self.pad, *self.dilation, *self.out_spatial)
+
+
+@register("Convolution")
+class ConvolutionLayer(BaseConvolutionLayer):
+    """y[n, m] = b[m] + sum over c in m's group and kernel taps of W[m, c, k] x[n, c, o*s - p + k*d]."""
+
+    def setup_geometry(self, in_spatial, out_spatial):
+        super().setup_geometry(in_spatial, out_spatial)
+        if not self.depthwise:
+            # Many output positions per image: one GEMM per image (numpy's stacked matmul) straight
+            # into NCHW.  Few: one GEMM for the whole chunk in the (rows, N*P) layout.
+            self.per_image = self.geo.P >= PER_IMAGE_MIN_P
+        self._cached = False
+
+    def _columns(self, x, n0, n, col):
+        """The columns of images n0 .. n0+n: (n, K, P) per image, or (K, n*P) batched."""
+        geo = self.geo
+        xs = x[n0 * geo.image_size:(n0 + n) * geo.image_size]
+        if self.per_image:
+            if geo.identity:
+                return xs
+            geo.im2col(xs, n, col, geo.P, geo.rows * geo.P)
+        else:
+            geo.to_columns(xs, n, col)
+        return col
+
+    def Forward_cpu(self, bottom, top):
+        bias = self.blobs[1].flat_data if self.bias_term else _NO_BIAS
+        if self.depthwise:
+            for b, t in zip(bottom, top):
+                depthwise_forward(b.flat_data, self.num, self.channels, *self._depthwise_args(),
+                                  bias, self.bias_term, t.flat_data)
+            return
+        geo = self.geo
+        G, M, K, P = self.group, self.num_output, geo.rows, geo.P
+        Mg, Kg = M // G, K // G
+        Wg = self.blobs[0].flat_data.reshape(G, Mg, Kg)
+        col_buf = self.buffers.get("col", K * self.chunk * P)
+        for b, t in zip(bottom, top):
+            x, y = b.flat_data, t.flat_data
+            for n0, n in self._chunks():
+                col = self._columns(x, n0, n, col_buf[:K * n * P])
+                ys = y[n0 * M * P:(n0 + n) * M * P]
+                if self.per_image:
+                    if G == 1:
+                        np.matmul(Wg[0], col.reshape(n, K, P), out=ys.reshape(n, M, P))
+                    else:
+                        np.matmul(Wg, col.reshape(n, G, Kg, P), out=ys.reshape(n, G, Mg, P))
+                    if self.bias_term:
+                        add_bias(ys, n, M, P, bias)
+                else:
+                    out = self.buffers.get("rows", M * n * P)
+                    _gemm(Wg, col.reshape(G, Kg, n * P), out.reshape(G, Mg, n * P))
+                    from_rows(out, n, M, P, bias, self.bias_term, ys)
+        # One chunk holds every image: backward reuses these columns for the weight gradient.
+        self._cached = len(bottom) == 1 and self.chunk >= self.num
+
+    def Backward_cpu(self, top, propagate_down, bottom):
+        want_w = self.param_propagate_down[0]
+        want_b = self.bias_term and self.param_propagate_down[1]
+        db = self.blobs[1].flat_diff if self.bias_term else _NO_BIAS
+        if self.depthwise:
+            for i, (b, t) in enumerate(zip(bottom, top)):
+                if want_b:
+                    bias_grad(t.flat_diff, self.num, self.num_output, t.count // (self.num * self.num_output), db)
+                if want_w or propagate_down[i]:
+                    depthwise_backward(b.flat_data, t.flat_diff, self.num, self.channels, *self._depthwise_args(),
+                                       self.blobs[0].flat_diff, want_w, b.flat_diff, propagate_down[i])
+            return
+        geo = self.geo
+        G, M, K, P = self.group, self.num_output, geo.rows, geo.P
+        Mg, Kg = M // G, K // G
+        WgT = self.blobs[0].flat_data.reshape(G, Mg, Kg).transpose(0, 2, 1)
+        dW = self.blobs[0].flat_diff
+        col_buf = self.buffers.get("col", K * self.chunk * P)
+        dW_tmp = self.buffers.get("dW", M * Kg).reshape(G, Mg, Kg)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            dy, x, dx = t.flat_diff, b.flat_data, b.flat_diff
+            if want_b and (self.per_image or not (want_w or propagate_down[i])):
+                bias_grad(dy, self.num, M, P, db)
+            if not (want_w or propagate_down[i]):
+                continue
+            for n0, n in self._chunks():
+                dys = dy[n0 * M * P:(n0 + n) * M * P]
+                dxs = dx[n0 * geo.image_size:(n0 + n) * geo.image_size]
+                col = col_buf[:K * n * P]
+                if self.per_image:
+                    dy4 = dys.reshape(n, G, Mg, P)
+                    if want_w:
+                        if not self._cached or geo.identity:
+                            col = self._columns(x, n0, n, col)
+                        self._weight_grad_per_image(dy4, col.reshape(n, G, Kg, P), dW_tmp)
+                        dW += dW_tmp.reshape(-1)
+                    if propagate_down[i]:
+                        if geo.identity:
+                            np.matmul(WgT, dy4, out=dxs.reshape(n, G, Kg, P))
+                        else:
+                            np.matmul(WgT, dy4, out=col.reshape(n, G, Kg, P))
+                            self._cached = False
+                            geo.col2im(col, P, K * P, n, dxs)
+                else:
+                    rows = self.buffers.get("rows", M * n * P)
+                    to_rows(dys, n, M, P, rows, db, want_b)
+                    rows_g = rows.reshape(G, Mg, n * P)
+                    if want_w:
+                        if not self._cached:
+                            col = self._columns(x, n0, n, col)
+                        _gemm(rows_g, col.reshape(G, Kg, n * P).transpose(0, 2, 1), dW_tmp)
+                        dW += dW_tmp.reshape(-1)
+                    if propagate_down[i]:
+                        _gemm(WgT, rows_g, col.reshape(G, Kg, n * P))
+                        self._cached = False
+                        geo.from_columns(col, n, dxs)
+            self._cached = False
+
+    def _weight_grad_per_image(self, dy4, col4, out):
+        """out = sum over images n of dy[n] @ col[n].T (per group), a few images per stacked GEMM."""
+        n, G, Mg, P = dy4.shape
+        Kg = col4.shape[2]
+        step = max(1, min(n, DW_BATCH_LIMIT // max(G * Mg * Kg, 1)))
+        tmp = self.buffers.get("dWstack", step * G * Mg * Kg)
+        part = self.buffers.get("dWpart", G * Mg * Kg).reshape(G, Mg, Kg)
+        out[...] = 0.0
+        for s in range(0, n, step):
+            k = min(step, n - s)
+            t4 = tmp[:k * G * Mg * Kg].reshape(k, G, Mg, Kg)
+            np.matmul(dy4[s:s + k], col4[s:s + k].transpose(0, 1, 3, 2), out=t4)
+            np.sum(t4, axis=0, out=part)
+            out += part
+
+
+@register("Deconvolution")
+class DeconvolutionLayer(BaseConvolutionLayer):
+    """The transpose of Convolution: y = col2im(W.T @ x) + b, weights (C_in, num_output/g, *kernel)."""
+
+    reverse = True
+
+    def Forward_cpu(self, bottom, top):
+        geo = self.geo
+        G, C, K, P = self.group, self.channels, geo.rows, geo.P  # P: input positions; K: outputs x taps
+        Cg, Kg = C // G, K // G
+        Wt = self.blobs[0].flat_data.reshape(G, Cg, Kg).transpose(0, 2, 1)
+        xrows_buf = self.buffers.get("xrows", C * self.chunk * P)
+        col_buf = self.buffers.get("col", K * self.chunk * P)
+        for b, t in zip(bottom, top):
+            x, y = b.flat_data, t.flat_data
+            for n0, n in self._chunks():
+                xrows, col = xrows_buf[:C * n * P], col_buf[:K * n * P]
+                to_rows(x[n0 * C * P:(n0 + n) * C * P], n, C, P, xrows, _NO_BIAS, False)
+                _gemm(Wt, xrows.reshape(G, Cg, n * P), col.reshape(G, Kg, n * P))
+                geo.from_columns(col, n, y[n0 * geo.image_size:(n0 + n) * geo.image_size])
+            if self.bias_term:
+                add_bias(y, self.num, self.num_output, geo.isize, self.blobs[1].flat_data)
+
+    def Backward_cpu(self, top, propagate_down, bottom):
+        want_w = self.param_propagate_down[0]
+        want_b = self.bias_term and self.param_propagate_down[1]
+        geo = self.geo
+        G, C, K, P = self.group, self.channels, geo.rows, geo.P
+        Cg, Kg = C // G, K // G
+        Wg = self.blobs[0].flat_data.reshape(G, Cg, Kg)
+        dW = self.blobs[0].flat_diff
+        xrows_buf = self.buffers.get("xrows", C * self.chunk * P)
+        col_buf = self.buffers.get("col", K * self.chunk * P)
+        dW_tmp = self.buffers.get("dW", C * Kg).reshape(G, Cg, Kg)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            dy = t.flat_diff
+            if want_b:
+                bias_grad(dy, self.num, self.num_output, geo.isize, self.blobs[1].flat_diff)
+            if not (want_w or propagate_down[i]):
+                continue
+            x, dx = b.flat_data, b.flat_diff
+            for n0, n in self._chunks():
+                xrows, col = xrows_buf[:C * n * P], col_buf[:K * n * P]
+                geo.to_columns(dy[n0 * geo.image_size:(n0 + n) * geo.image_size], n, col)
+                col_g = col.reshape(G, Kg, n * P)
+                if want_w:
+                    to_rows(x[n0 * C * P:(n0 + n) * C * P], n, C, P, xrows, _NO_BIAS, False)
+                    _gemm(xrows.reshape(G, Cg, n * P), col_g.transpose(0, 2, 1), dW_tmp)
+                    dW += dW_tmp.reshape(-1)
+                if propagate_down[i]:
+                    _gemm(Wg, col_g, xrows.reshape(G, Cg, n * P))
+                    from_rows(xrows, n, C, P, _NO_BIAS, False, dx[n0 * C * P:(n0 + n) * C * P])
+
+
+@register("Im2col")
+class Im2colLayer(Layer):
+    """top[n, (c, k), o] = x[n, c, o*stride - pad + k*dilation] (0 outside): im2col as a layer."""
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def LayerSetUp(self, bottom, top):
+        p = self.layer_param.convolution_param
+        self.channel_axis = bottom[0].canonical_axis(p.axis)
+        self.num_spatial = bottom[0].num_axes - self.channel_axis - 1
+        if self.num_spatial < 1:
+            raise self.shape_error(f"needs at least one spatial axis after the channel axis; "
+                                   f"got shape {bottom[0].shape}")
+        self.kernel, self.stride, self.pad, self.dilation = spatial_params(self, p, self.num_spatial)
+        self._key = None
+
+    def Reshape(self, bottom, top):
+        b = bottom[0]
+        ax = self.channel_axis
+        if b.num_axes != ax + 1 + self.num_spatial:
+            raise self.shape_error(f"the input must keep {ax + 1 + self.num_spatial} axes, got shape {b.shape}")
+        if top[0] is b:
+            raise self.shape_error("cannot run in place")
+        ins = list(b.shape[ax + 1:])
+        outs = []
+        for i, n in enumerate(ins):
+            ext = self.dilation[i] * (self.kernel[i] - 1) + 1
+            outs.append(_c_div(n + 2 * self.pad[i] - ext, self.stride[i]) + 1)
+        if any(o <= 0 for o in outs):
+            raise self.shape_error(f"input of spatial shape {tuple(ins)} gives output {tuple(outs)}")
+        C = b.shape[ax]
+        top[0].reshape((*b.shape[:ax], C * int(np.prod(self.kernel)), *outs))
+        self.num = b.count_range(0, ax)
+        key = (C, tuple(ins))
+        if key != self._key:
+            self._key = key
+            self.geo = _Im2col(C, ins, outs, self.kernel, self.stride, self.pad, self.dilation)
+
+    def Forward_cpu(self, bottom, top):
+        g = self.geo
+        g.im2col(bottom[0].flat_data, self.num, top[0].flat_data, g.P, g.rows * g.P)
+
+    def Backward_cpu(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            g = self.geo
+            g.col2im(top[0].flat_diff, g.P, g.rows * g.P, self.num, bottom[0].flat_diff)

@@ -1,0 +1,407 @@
+"""Pooling and SPP (spatial pyramid pooling), as Caffe's pooling_layer.cpp / spp_layer.cpp.
+
+Pooling windows: output ``(ph, pw)`` covers rows ``ph * stride_h - pad_h`` up to
+``+ kernel_h`` (and likewise columns).  Output size is Caffe's::
+
+    pooled = ceil((H + 2 pad - kernel) / stride) + 1      (round_mode CEIL, the default; FLOOR floors)
+    if pad > 0 and (pooled - 1) * stride >= H + pad:  pooled -= 1   (the last window starts inside)
+
+* MAX: the largest value in the window clipped to the image; the first maximum
+  (in row-major order) wins ties, and the gradient goes to it alone.  A second
+  top receives that argmax as a flat index ``h * W + w`` (float).
+* AVE: the sum over the window clipped to the image, divided by the window size
+  clipped to the *padded* image, ``(min(hstart + k, H + pad) - hstart) * (...)``
+  with the unclipped start -- so padding counts as zeros except past the far
+  padded edge.  The gradient spreads back with the same divisor.
+* STOCHASTIC (no padding): in TRAIN, pick one element of the window with
+  probability proportional to its (non-negative) value; the gradient goes to it.
+  In TEST, the probability-weighted average ``sum x^2 / sum x``, whose backward
+  here is that formula's derivative (Caffe defines none for TEST).
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from numcaffe.layers.base import Layer, register
+from numcaffe.net.blob import Blob
+from numcaffe.net.errors import ConfigError
+from numcaffe.net.proto import caffe_pb2
+
+PP = caffe_pb2.PoolingParameter
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+@njit(cache=True)
+def max_pool_forward(x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, y, mask):
+    """y = max over the window clipped to the image; mask = flat index (h * W + w) of the first max."""
+    for pl in range(planes):
+        src = pl * H * W
+        dst = pl * Ho * Wo
+        for oh in range(Ho):
+            hs = oh * sh - ph
+            he = min(hs + kh, H)
+            hs = max(hs, 0)
+            for ow in range(Wo):
+                ws = ow * sw - pw
+                we = min(ws + kw, W)
+                ws = max(ws, 0)
+                best = -FLT_MAX
+                arg = -1
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        v = x[src + h * W + w]
+                        if v > best:
+                            best = v
+                            arg = h * W + w
+                y[dst + oh * Wo + ow] = best
+                mask[dst + oh * Wo + ow] = arg
+
+
+@njit(cache=True)
+def max_pool_backward(dy, mask, planes, HW, HoWo, dx):
+    """dx = 0, then dx[argmax] += dy for every window."""
+    for pl in range(planes):
+        src = pl * HoWo
+        dst = pl * HW
+        for k in range(HW):
+            dx[dst + k] = 0.0
+        for k in range(HoWo):
+            a = mask[src + k]
+            if a >= 0:
+                dx[dst + a] += dy[src + k]
+
+
+@njit(cache=True)
+def _ave_window(o, s, p, k, n):
+    """(start, end, size) of an AVE window: size clipped to the padded input, range to the input."""
+    start = o * s - p
+    end = min(start + k, n + p)
+    size = end - start
+    return max(start, 0), min(end, n), size
+
+
+@njit(cache=True)
+def ave_pool_forward(x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, y):
+    """y = sum over the window clipped to the image / window size clipped to the padded image."""
+    for pl in range(planes):
+        src = pl * H * W
+        dst = pl * Ho * Wo
+        for oh in range(Ho):
+            hs, he, hsize = _ave_window(oh, sh, ph, kh, H)
+            for ow in range(Wo):
+                ws, we, wsize = _ave_window(ow, sw, pw, kw, W)
+                s = np.float32(0.0)
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        s += x[src + h * W + w]
+                y[dst + oh * Wo + ow] = s / np.float32(hsize * wsize)
+
+
+@njit(cache=True)
+def ave_pool_backward(dy, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, dx):
+    """dx = sum over the windows holding each input of dy / window size."""
+    for pl in range(planes):
+        src = pl * Ho * Wo
+        dst = pl * H * W
+        for k in range(H * W):
+            dx[dst + k] = 0.0
+        for oh in range(Ho):
+            hs, he, hsize = _ave_window(oh, sh, ph, kh, H)
+            for ow in range(Wo):
+                ws, we, wsize = _ave_window(ow, sw, pw, kw, W)
+                g = dy[src + oh * Wo + ow] / np.float32(hsize * wsize)
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        dx[dst + h * W + w] += g
+
+
+@njit(cache=True)
+def stochastic_pool_train(x, planes, H, W, kh, kw, sh, sw, Ho, Wo, u, y, mask):
+    """Sample one element per window with probability x / sum(x), using the uniform draws u."""
+    for pl in range(planes):
+        src = pl * H * W
+        dst = pl * Ho * Wo
+        for oh in range(Ho):
+            hs = oh * sh
+            he = min(hs + kh, H)
+            for ow in range(Wo):
+                ws = ow * sw
+                we = min(ws + kw, W)
+                total = np.float32(0.0)
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        total += x[src + h * W + w]
+                thres = u[dst + oh * Wo + ow] * total
+                cum = np.float32(0.0)
+                arg = (he - 1) * W + we - 1
+                found = False
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        cum += x[src + h * W + w]
+                        if cum >= thres:
+                            arg = h * W + w
+                            found = True
+                            break
+                    if found:
+                        break
+                y[dst + oh * Wo + ow] = x[src + arg]
+                mask[dst + oh * Wo + ow] = arg
+
+
+@njit(cache=True)
+def stochastic_pool_test(x, planes, H, W, kh, kw, sh, sw, Ho, Wo, y):
+    """y = sum x^2 / sum x over the window (0 when the sum is not positive)."""
+    for pl in range(planes):
+        src = pl * H * W
+        dst = pl * Ho * Wo
+        for oh in range(Ho):
+            hs = oh * sh
+            he = min(hs + kh, H)
+            for ow in range(Wo):
+                ws = ow * sw
+                we = min(ws + kw, W)
+                s1 = np.float32(0.0)
+                s2 = np.float32(0.0)
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        v = x[src + h * W + w]
+                        s1 += v
+                        s2 += v * v
+                y[dst + oh * Wo + ow] = s2 / s1 if s1 > 0 else 0.0
+
+
+@njit(cache=True)
+def stochastic_pool_test_backward(x, y, dy, planes, H, W, kh, kw, sh, sw, Ho, Wo, dx):
+    """d(sum x^2 / sum x)/dx_i = (2 x_i - y) / sum x."""
+    for k in range(planes * H * W):
+        dx[k] = 0.0
+    for pl in range(planes):
+        src = pl * H * W
+        dst = pl * Ho * Wo
+        for oh in range(Ho):
+            hs = oh * sh
+            he = min(hs + kh, H)
+            for ow in range(Wo):
+                ws = ow * sw
+                we = min(ws + kw, W)
+                s1 = np.float32(0.0)
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        s1 += x[src + h * W + w]
+                if s1 <= 0:
+                    continue
+                o = dst + oh * Wo + ow
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        dx[src + h * W + w] += dy[o] * (2 * x[src + h * W + w] - y[o]) / s1
+
+
+def pooled_size(n, k, s, p, ceil_mode=True):
+    """Caffe's pooled output size along one axis (the last window starts inside the padded image)."""
+    r = (n + 2 * p - k) / s
+    out = (math.ceil(r) if ceil_mode else math.floor(r)) + 1
+    if p and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+@register("Pooling")
+class PoolingLayer(Layer):
+    """MAX / AVE / STOCHASTIC pooling over (N, C, H, W); optional second top = MAX's argmax mask."""
+
+    exact_num_bottom = 1
+    min_num_top = 1
+    max_num_top = 2
+
+    def LayerSetUp(self, bottom, top):
+        p = self.layer_param.pooling_param
+        where = self.describe()
+        self.method = p.pool
+        self.global_pooling = p.global_pooling
+        has_k = p.HasField("kernel_size")
+        has_hw = p.HasField("kernel_h") and p.HasField("kernel_w")
+        if self.global_pooling:
+            if has_k or p.HasField("kernel_h") or p.HasField("kernel_w"):
+                raise ConfigError(f"{where}: with global_pooling the kernel size cannot be given")
+        elif has_k == has_hw or (not has_k and (p.HasField("kernel_h") != p.HasField("kernel_w"))):
+            raise ConfigError(f"{where}: give kernel_size, or both kernel_h and kernel_w (not both forms)")
+        if p.HasField("pad_h") != p.HasField("pad_w") or (p.HasField("pad") and p.HasField("pad_h")):
+            raise ConfigError(f"{where}: give pad, or both pad_h and pad_w")
+        if p.HasField("stride_h") != p.HasField("stride_w") or (p.HasField("stride") and p.HasField("stride_h")):
+            raise ConfigError(f"{where}: give stride, or both stride_h and stride_w")
+        if not self.global_pooling:
+            self.kh, self.kw = (p.kernel_size, p.kernel_size) if has_k else (p.kernel_h, p.kernel_w)
+            if self.kh <= 0 or self.kw <= 0:
+                raise ConfigError(f"{where}: kernel size must be positive")
+        self.ph, self.pw = (p.pad_h, p.pad_w) if p.HasField("pad_h") else (p.pad, p.pad)
+        self.sh, self.sw = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride, p.stride)
+        if self.sh <= 0 or self.sw <= 0:
+            raise ConfigError(f"{where}: stride must be positive")
+        if self.global_pooling and (self.ph or self.pw or self.sh != 1 or self.sw != 1):
+            raise ConfigError(f"{where}: with global_pooling only pad 0 and stride 1 are allowed")
+        if self.ph or self.pw:
+            if self.method not in (PP.MAX, PP.AVE):
+                raise ConfigError(f"{where}: padding is implemented only for MAX and AVE pooling")
+            if not self.global_pooling and (self.ph >= self.kh or self.pw >= self.kw):
+                raise ConfigError(f"{where}: pad ({self.ph}, {self.pw}) must be smaller than the kernel "
+                                  f"({self.kh}, {self.kw})")
+        if len(top) > 1 and self.method != PP.MAX:
+            raise ConfigError(f"{where}: only MAX pooling has a second (mask) top")
+        self.ceil_mode = p.round_mode == PP.CEIL
+        if self.method == PP.STOCHASTIC:
+            self.random  # create the generator now, so get_state() carries it from the start
+        self.mask = np.zeros(0, dtype=np.int32)
+
+    def Reshape(self, bottom, top):
+        b = bottom[0]
+        if b.num_axes != 4:
+            raise self.shape_error(f"input must have 4 axes (num, channels, height, width), got {b.shape}")
+        N, C, H, W = b.shape
+        if self.global_pooling:
+            self.kh, self.kw = H, W
+        self.Ho = pooled_size(H, self.kh, self.sh, self.ph, self.ceil_mode)
+        self.Wo = pooled_size(W, self.kw, self.sw, self.pw, self.ceil_mode)
+        if self.Ho <= 0 or self.Wo <= 0:
+            raise self.shape_error(f"a {self.kh}x{self.kw} window does not fit input {H}x{W} "
+                                   f"(pad {self.ph}x{self.pw})")
+        top[0].reshape((N, C, self.Ho, self.Wo))
+        if len(top) > 1:
+            top[1].reshape((N, C, self.Ho, self.Wo))
+        if self.mask.size < top[0].count:
+            self.mask = np.zeros(top[0].count, dtype=np.int32)
+
+    def _geometry(self, b):
+        N, C, H, W = b.shape
+        return N * C, H, W
+
+    def Forward_cpu(self, bottom, top):
+        planes, H, W = self._geometry(bottom[0])
+        x, y = bottom[0].flat_data, top[0].flat_data
+        mask = self.mask[:top[0].count]
+        if self.method == PP.MAX:
+            max_pool_forward(x, planes, H, W, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw,
+                             self.Ho, self.Wo, y, mask)
+            if len(top) > 1:
+                top[1].flat_data[...] = mask
+        elif self.method == PP.AVE:
+            ave_pool_forward(x, planes, H, W, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw,
+                             self.Ho, self.Wo, y)
+        elif self.phase == caffe_pb2.TRAIN:
+            u = self.random.random(top[0].count, dtype=np.float32)
+            stochastic_pool_train(x, planes, H, W, self.kh, self.kw, self.sh, self.sw, self.Ho, self.Wo,
+                                  u, y, mask)
+        else:
+            stochastic_pool_test(x, planes, H, W, self.kh, self.kw, self.sh, self.sw, self.Ho, self.Wo, y)
+
+    def Backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        planes, H, W = self._geometry(bottom[0])
+        dy, dx = top[0].flat_diff, bottom[0].flat_diff
+        mask = self.mask[:top[0].count]
+        if self.method == PP.MAX or (self.method == PP.STOCHASTIC and self.phase == caffe_pb2.TRAIN):
+            if len(top) > 1:
+                mask[...] = top[1].flat_data  # Caffe routes by the mask top's values
+            max_pool_backward(dy, mask, planes, H * W, self.Ho * self.Wo, dx)
+        elif self.method == PP.AVE:
+            ave_pool_backward(dy, planes, H, W, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw,
+                              self.Ho, self.Wo, dx)
+        else:
+            stochastic_pool_test_backward(bottom[0].flat_data, top[0].flat_data, dy, planes, H, W,
+                                          self.kh, self.kw, self.sh, self.sw, self.Ho, self.Wo, dx)
+
+
+@register("SPP")
+class SPPLayer(Layer):
+    """Spatial pyramid pooling: level l pools into 2^l x 2^l bins; the levels are flattened and joined.
+
+    Level l uses kernel ``ceil(H / 2^l)``, stride = kernel and pad
+    ``(kernel * 2^l - H + 1) // 2`` (likewise for W), as Caffe's SPP builds its
+    Pooling layers.  With pyramid_height 1 the top is that one Pooling's 4-D
+    output; otherwise ``(N, C * sum_l bins_l)`` in level order.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def LayerSetUp(self, bottom, top):
+        p = self.layer_param.spp_param
+        if p.pyramid_height < 1:
+            raise ConfigError(f"{self.describe()}: pyramid_height must be at least 1")
+        self.height = p.pyramid_height
+        self.pool = p.pool
+        self._key = None
+        self._acc = np.zeros(0, dtype=np.float32)
+
+    def _pooling_param(self, level, H, W):
+        bins = 2 ** level
+        lp = caffe_pb2.LayerParameter(name=f"{self.name}/level{level}", type="Pooling",
+                                      phase=self.phase)
+        pp = lp.pooling_param
+        kh, kw = math.ceil(H / bins), math.ceil(W / bins)
+        pp.pad_h, pp.pad_w = (kh * bins - H + 1) // 2, (kw * bins - W + 1) // 2
+        pp.kernel_h, pp.kernel_w = kh, kw
+        pp.stride_h, pp.stride_w = kh, kw
+        pp.pool = self.pool
+        return lp
+
+    def Reshape(self, bottom, top):
+        b = bottom[0]
+        if b.num_axes != 4:
+            raise self.shape_error(f"input must have 4 axes (num, channels, height, width), got {b.shape}")
+        N, C, H, W = b.shape
+        if H <= 0 or W <= 0:
+            raise self.shape_error(f"input dimensions cannot be zero, got {b.shape}")
+        if self._key != b.shape:
+            self._key = b.shape
+            self.levels = []
+            for level in range(self.height):
+                layer = PoolingLayer(self._pooling_param(level, H, W))
+                layer.rng = self.random
+                out = top[0] if self.height == 1 else Blob()
+                try:
+                    layer.SetUp([b], [out])
+                except ConfigError as e:
+                    raise self.shape_error(f"input {H}x{W} is too small for pyramid level {level} "
+                                           f"({e})") from None
+                self.levels.append((layer, out))
+        for layer, out in self.levels:
+            layer.Reshape([b], [out])
+        if self.height > 1:
+            top[0].reshape((N, sum(out.count_range(1) for _, out in self.levels)))
+            if self._acc.size < b.count:
+                self._acc = np.zeros(b.count, dtype=np.float32)
+
+    def Forward_cpu(self, bottom, top):
+        if self.height == 1:
+            self.levels[0][0].Forward_cpu(bottom, top)
+            return
+        y = top[0].data
+        col = 0
+        for layer, out in self.levels:
+            layer.Forward_cpu(bottom, [out])
+            width = out.count_range(1)
+            y[:, col:col + width] = out.data.reshape(out.shape[0], width)
+            col += width
+
+    def Backward_cpu(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        if self.height == 1:
+            self.levels[0][0].Backward_cpu(top, propagate_down, bottom)
+            return
+        dy = top[0].diff
+        dx = bottom[0].flat_diff
+        acc = self._acc[:dx.size]
+        col = 0
+        for i, (layer, out) in enumerate(self.levels):
+            width = out.count_range(1)
+            out.diff[...] = dy[:, col:col + width].reshape(out.shape)
+            col += width
+            layer.Backward_cpu([out], propagate_down, bottom)
+            if i == 0:
+                acc[...] = dx
+            else:
+                acc += dx
+        dx[...] = acc

@@ -1,0 +1,231 @@
+"""Shapes, edge rules and errors of the vision layers (Convolution, Deconvolution, Im2col, Pooling, SPP, LRN, Crop)."""
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from numcaffe.layers.base import create_layer
+from numcaffe.net.blob import Blob
+from numcaffe.net.errors import ConfigError, NumcaffeError, ShapeError
+from numcaffe.net.proto import caffe_pb2
+from tests.layers.cases_vision import caffe_pooled, conv_ref
+
+
+def make(text, *shapes, values=None, phase=caffe_pb2.TRAIN, num_top=1):
+    p = caffe_pb2.LayerParameter(name="l", phase=phase)
+    text_format.Parse(text, p)
+    layer = create_layer(p)
+    bottom = [Blob(s) for s in shapes]
+    rs = np.random.RandomState(0)
+    for i, b in enumerate(bottom):
+        b.data[...] = rs.standard_normal(b.shape) if values is None else values[i]
+    top = [Blob() for _ in range(num_top)]
+    layer.SetUp(bottom, top)
+    return layer, bottom, top
+
+
+def out_shape(text, *shapes):
+    return make(text, *shapes)[2][0].shape
+
+
+# -- Caffe's output-size formulas -------------------------------------------------
+
+def test_alexnet_shapes():
+    conv1 = 'type: "Convolution" convolution_param { num_output: 96 kernel_size: 11 stride: 4 }'
+    assert out_shape(conv1, (1, 3, 227, 227)) == (1, 96, 55, 55)
+    pool = 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }'
+    assert out_shape(pool, (1, 96, 55, 55)) == (1, 96, 27, 27)
+    assert out_shape(pool, (1, 256, 27, 27)) == (1, 256, 13, 13)
+    assert out_shape(pool, (1, 256, 13, 13)) == (1, 256, 6, 6)
+    conv2 = 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 5 pad: 2 group: 2 }'
+    assert out_shape(conv2, (1, 96, 27, 27)) == (1, 4, 27, 27)
+
+
+def test_pooling_rounds_up_unlike_convolution():
+    # GoogLeNet's pool1: 112 -> 56 with Caffe's ceil (floor would give 55).
+    assert out_shape('type: "Pooling" pooling_param { kernel_size: 3 stride: 2 }', (1, 1, 112, 112)) == (1, 1, 56, 56)
+    assert out_shape('type: "Pooling" pooling_param { kernel_size: 3 stride: 2 round_mode: FLOOR }',
+                     (1, 1, 112, 112)) == (1, 1, 55, 55)
+    assert out_shape('type: "Convolution" convolution_param { num_output: 1 kernel_size: 3 stride: 2 }',
+                     (1, 1, 112, 112)) == (1, 1, 55, 55)
+
+
+def test_pooling_last_window_must_start_inside_the_padded_image():
+    # ceil((5 + 2 - 2) / 2) + 1 = 4, but the 4th window would start at 6 - 1 = 5, in the padding: 3.
+    assert caffe_pooled(5, 2, 2, 1) == 3
+    assert out_shape('type: "Pooling" pooling_param { kernel_size: 2 stride: 2 pad: 1 }', (1, 1, 5, 5)) == (1, 1, 3, 3)
+    # Without padding the rule does not apply: ceil((5 - 2) / 2) + 1 = 3.
+    assert out_shape('type: "Pooling" pooling_param { kernel_size: 2 stride: 2 }', (1, 1, 5, 5)) == (1, 1, 3, 3)
+
+
+def test_convolution_output_size_truncates_like_c():
+    # (4 - 5) / 2 is 0 in C, so Caffe gives one output whose window runs past the image (zeros).
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 1 kernel_size: 5 stride: 2 '
+                              'weight_filler { type: "constant" value: 1 } }', (1, 1, 4, 4))
+    assert top[0].shape == (1, 1, 1, 1)
+    layer.Forward(bottom, top)
+    np.testing.assert_allclose(top[0].data.ravel(), [bottom[0].data.sum()], rtol=1e-5)
+    with pytest.raises(ShapeError):
+        make('type: "Convolution" convolution_param { num_output: 1 kernel_size: 5 }', (1, 1, 3, 3))
+
+
+def test_deconvolution_and_dilation_shapes():
+    assert out_shape('type: "Deconvolution" convolution_param { num_output: 2 kernel_size: 4 stride: 2 pad: 1 }',
+                     (1, 3, 3, 5)) == (1, 2, 6, 10)
+    assert out_shape('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 dilation: 2 }',
+                     (1, 1, 9, 9)) == (1, 2, 5, 5)
+    assert out_shape('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 dilation: 1 dilation: 3 }',
+                     (1, 1, 9, 9)) == (1, 2, 7, 3)
+
+
+def test_weight_shapes_follow_caffe():
+    conv, _, _ = make('type: "Convolution" convolution_param { num_output: 6 kernel_h: 3 kernel_w: 2 group: 2 }',
+                      (1, 4, 5, 5))
+    assert conv.blobs[0].shape == (6, 2, 3, 2) and conv.blobs[1].shape == (6,)
+    deconv, _, _ = make('type: "Deconvolution" convolution_param { num_output: 6 kernel_size: 3 group: 2 '
+                        'bias_term: false }', (1, 4, 5, 5))
+    assert [b.shape for b in deconv.blobs] == [(4, 3, 3, 3)]
+    conv3d, _, _ = make('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 kernel_size: 1 '
+                        'kernel_size: 2 }', (1, 3, 4, 4, 4))
+    assert conv3d.blobs[0].shape == (2, 3, 3, 1, 2)
+
+
+def test_im2col_shape_and_channel_order():
+    layer, bottom, top = make('type: "Im2col" convolution_param { kernel_size: 2 }', (1, 2, 3, 3))
+    assert top[0].shape == (1, 8, 2, 2)
+    layer.Forward(bottom, top)
+    x = bottom[0].data
+    # channel c * 4 + i * 2 + j holds x[c, oh + i, ow + j]
+    np.testing.assert_array_equal(top[0].data[0, 5], x[0, 1, 0:2, 1:3])
+
+
+def test_preloaded_weights_are_used_and_checked():
+    p = caffe_pb2.LayerParameter(name="c", type="Convolution")
+    text_format.Parse('convolution_param { num_output: 2 kernel_size: 1 }', p)
+    w, b = p.blobs.add(), p.blobs.add()
+    w.shape.dim.extend([2, 3, 1, 1])
+    w.data.extend([1, 2, 3, 4, 5, 6])
+    b.shape.dim.extend([2])
+    b.data.extend([0.5, -0.5])
+    layer = create_layer(p)
+    bottom, top = [Blob((1, 3, 2, 2))], [Blob()]
+    bottom[0].data[...] = 1.0
+    layer.SetUp(bottom, top)
+    layer.Forward(bottom, top)
+    np.testing.assert_allclose(top[0].data[0, :, 0, 0], [6.5, 14.5])
+    bad = caffe_pb2.LayerParameter()
+    bad.CopyFrom(p)
+    bad.convolution_param.num_output = 3
+    with pytest.raises(ConfigError, match="weight shape"):
+        create_layer(bad).SetUp([Blob((1, 3, 2, 2))], [Blob()])
+
+
+def test_depthwise_path_matches_the_oracle_at_a_larger_size():
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 8 kernel_size: 3 pad: 1 '
+                              'stride: 2 group: 8 weight_filler { type: "gaussian" std: 1 } '
+                              'bias_filler { type: "gaussian" std: 1 } }', (3, 8, 11, 9))
+    assert layer.depthwise
+    layer.Forward(bottom, top)
+    ref = conv_ref(bottom[0].data, layer.blobs[0].data, layer.blobs[1].data, [2, 2], [1, 1], [1, 1], 8)
+    np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 4, 4), (3, 2, 16, 16)])  # one GEMM per chunk; per image
+def test_chunked_batches_give_the_same_result(monkeypatch, shape):
+    from numcaffe.layers import conv
+    from numcaffe.net.random import set_random_seed
+    text = ('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 '
+            'weight_filler { type: "gaussian" std: 1 } }')
+    results = []
+    for limit in (conv.COL_LIMIT, 40):  # 40 elements: one image per chunk
+        monkeypatch.setattr(conv, "COL_LIMIT", limit)
+        set_random_seed(5)
+        layer, bottom, top = make(text, shape)
+        layer.Forward(bottom, top)
+        top[0].diff[...] = 1.0
+        layer.Backward(top, [True], bottom)
+        results.append((top[0].data.copy(), bottom[0].diff.copy(), layer.blobs[0].diff.copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# -- Pooling semantics -----------------------------------------------------------
+
+def test_max_pooling_ties_go_to_the_first_maximum():
+    x = np.ones((1, 1, 2, 4), np.float32)
+    layer, bottom, top = make('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }',
+                              (1, 1, 2, 4), values=[x], num_top=2)
+    layer.Forward(bottom, top)
+    np.testing.assert_array_equal(top[1].data.ravel(), [0, 2])   # flat indices h * W + w
+    top[0].diff[...] = [[[[3.0, 5.0]]]]
+    layer.Backward(top, [True], bottom)
+    np.testing.assert_array_equal(bottom[0].diff, [[[[3, 0, 5, 0], [0, 0, 0, 0]]]])
+
+
+def test_average_pooling_divides_by_the_window_clipped_to_the_padded_image():
+    x = np.ones((1, 1, 3, 3), np.float32)
+    layer, bottom, top = make('type: "Pooling" pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 }',
+                              (1, 1, 3, 3), values=[x])
+    layer.Forward(bottom, top)
+    # Every window spans 2x2 of the padded image; the corner one holds one pixel, the last one four.
+    np.testing.assert_allclose(top[0].data[0, 0], [[0.25, 0.5], [0.5, 1.0]])
+
+
+def test_stochastic_pooling_samples_in_train_and_averages_in_test():
+    x = np.random.RandomState(3).uniform(0.1, 1.0, (2, 3, 4, 4)).astype(np.float32)
+    text = 'type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }'
+    layer, bottom, top = make(text, x.shape, values=[x])
+    layer.Forward(bottom, top)
+    windows = x.reshape(2, 3, 2, 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(2, 3, 2, 2, 4)
+    assert np.all(np.any(windows == top[0].data[..., None], axis=-1))
+    layer, bottom, top = make(text, x.shape, values=[x], phase=caffe_pb2.TEST)
+    layer.Forward(bottom, top)
+    np.testing.assert_allclose(top[0].data, (windows ** 2).sum(-1) / windows.sum(-1), rtol=1e-5)
+
+
+def test_spp_output_size():
+    assert out_shape('type: "SPP" spp_param { pyramid_height: 3 }', (2, 5, 13, 9)) == (2, 5 * (1 + 4 + 16))
+    with pytest.raises(NumcaffeError):
+        make('type: "SPP" spp_param { pyramid_height: 3 }', (1, 1, 2, 2))  # pad would reach the kernel size
+
+
+# -- errors ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,shape", [
+    ('type: "Convolution" convolution_param { num_output: 2 kernel_h: 3 }', (1, 1, 5, 5)),
+    ('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 kernel_h: 3 kernel_w: 3 }', (1, 1, 5, 5)),
+    ('type: "Convolution" convolution_param { num_output: 2 }', (1, 1, 5, 5)),
+    ('type: "Convolution" convolution_param { num_output: 3 kernel_size: 1 group: 2 }', (1, 4, 5, 5)),
+    ('type: "Convolution" convolution_param { num_output: 2 kernel_size: 1 kernel_size: 2 kernel_size: 3 }',
+     (1, 1, 5, 5)),
+    ('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 stride_h: 2 stride_w: 2 }',
+     (1, 1, 5, 5, 5)),
+    ('type: "Pooling" pooling_param { kernel_size: 2 pad: 2 }', (1, 1, 5, 5)),
+    ('type: "Pooling" pooling_param { global_pooling: true kernel_size: 2 }', (1, 1, 5, 5)),
+    ('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 pad: 1 }', (1, 1, 5, 5)),
+    ('type: "LRN" lrn_param { local_size: 4 }', (1, 4, 5, 5)),
+])
+def test_bad_parameters_are_config_errors(text, shape):
+    with pytest.raises(ConfigError):
+        make(text, shape)
+
+
+def test_shape_errors_name_the_layer():
+    with pytest.raises(ShapeError, match="layer 'l'"):
+        make('type: "Pooling" pooling_param { kernel_size: 2 }', (1, 1, 5))
+    with pytest.raises(ShapeError, match="out of bounds"):
+        make('type: "Crop" crop_param { offset: 2 }', (1, 1, 5, 5), (1, 1, 4, 4))
+    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 2 kernel_size: 1 }', (1, 3, 2, 2))
+    bottom[0].reshape((1, 4, 2, 2))
+    with pytest.raises(ShapeError, match="channels"):
+        layer.Reshape(bottom, top)
+
+
+def test_crop_gives_no_gradient_to_the_reference_blob():
+    layer, bottom, top = make('type: "Crop" crop_param { axis: 2 offset: 1 }', (1, 2, 4, 4), (1, 2, 2, 2))
+    assert layer.allow_force_backward(0) and not layer.allow_force_backward(1)
+    layer.Forward(bottom, top)
+    bottom[1].diff[...] = 7.0
+    top[0].diff[...] = 1.0
+    layer.Backward(top, [True, False], bottom)
+    assert bottom[0].diff.sum() == 8 and bottom[0].diff[0, 0, 1, 1] == 1
+    np.testing.assert_array_equal(bottom[1].diff, 7.0)
