@@ -391,7 +391,7 @@ class Solver:
             for _ in range(p.iter_size):
                 loss += self.net.ForwardBackward()
             loss /= p.iter_size
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) or not self._gradients_finite():
                 self._diverged(loss)
             self._update_smoothed_loss(loss, start_iter, average_loss)
             if display:
@@ -415,12 +415,29 @@ class Solver:
                 self.requested_early_exit = True
                 break
 
+    def _gradients_finite(self):
+        """Whether every parameter gradient is finite (one reduction per parameter blob)."""
+        for blob in self.net.learnable_params:
+            d = blob.flat_diff
+            if not np.isfinite(np.add.reduce(d, dtype=np.float64)) and not np.isfinite(d).all():
+                return False
+        return True
+
     def _diverged(self, loss):
-        """A NaN or Inf loss: say where it first appears and stop (the last snapshot stays good)."""
+        """A NaN or Inf in the forward or backward pass: snapshot the weights as they were, say where, stop.
+
+        The snapshot holds the weights and solver history from just before the
+        failing update (nothing has been applied yet); its data position is the
+        batch after the one that failed.
+        """
         where = self.net.locate_nonfinite()
-        detail = (f"; the first non-finite value is the {where[2]} of layer {where[1]!r} ({where[0]} pass)"
-                  if where else "")
-        raise NumericalError(f"iteration {self.iter}: the training loss is {loss}{detail}; lower base_lr "
+        detail = (f"the first non-finite value is the {where[2]} of layer {where[1]!r} ({where[0]} pass)"
+                  if where else "the loss or a parameter gradient is not finite")
+        try:
+            saved = f"; the state just before it is saved in {self.snapshot()}"
+        except Exception as e:  # the message about the NaN matters more than a failed snapshot
+            saved = f"; the snapshot before it could not be written ({e})"
+        raise NumericalError(f"iteration {self.iter}: {detail} (training loss {loss}){saved}; lower base_lr "
                              f"(now {fmt(self.param.base_lr)}) or set clip_gradients")
 
     @staticmethod
