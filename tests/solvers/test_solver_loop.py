@@ -296,8 +296,8 @@ def test_bad_solver_configs(workdir, text, needle):
 def test_a_diverging_loss_is_a_clear_error(workdir):
     from numcaffe.net.errors import NumericalError
     solver = make(workdir, "base_lr: 1e30 test_interval: 100 test_initialization: false")
-    with pytest.raises(NumericalError, match=r"iteration \d+: the training loss is (nan|inf).*first non-finite value "
-                                             r"is the .* of layer '\w+'.*lower base_lr \(now 1e\+30\)"):
+    with pytest.raises(NumericalError, match=r"iteration \d+: the first non-finite value is the .* of layer '\w+' "
+                                             r".*\(training loss (nan|inf)\).*saved in .*lower base_lr \(now 1e\+30\)"):
         with np.errstate(all="ignore"):
             solver.step(20)
 
