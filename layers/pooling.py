@@ -32,9 +32,14 @@ PP = caffe_pb2.PoolingParameter
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def max_pool_forward(x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, y, mask):
     """y = max over the window clipped to the image; mask = flat index (h * W + w) of the first max."""
+    ws = np.empty(Wo, np.int64)
+    we = np.empty(Wo, np.int64)
+    for ow in range(Wo):
+        ws[ow] = max(ow * sw - pw, 0)
+        we[ow] = min(ow * sw - pw + kw, W)
     for pl in range(planes):
         src = pl * H * W
         dst = pl * Ho * Wo
@@ -43,17 +48,15 @@ def max_pool_forward(x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, y, mask):
             he = min(hs + kh, H)
             hs = max(hs, 0)
             for ow in range(Wo):
-                ws = ow * sw - pw
-                we = min(ws + kw, W)
-                ws = max(ws, 0)
                 best = -FLT_MAX
                 arg = -1
                 for h in range(hs, he):
-                    for w in range(ws, we):
-                        v = x[src + h * W + w]
-                        if v > best:
-                            best = v
-                            arg = h * W + w
+                    row = h * W
+                    for w in range(ws[ow], we[ow]):
+                        v = x[src + row + w]
+                        better = v > best           # strict: the first maximum wins ties
+                        best = v if better else best
+                        arg = row + w if better else arg
                 y[dst + oh * Wo + ow] = best
                 mask[dst + oh * Wo + ow] = arg
 
