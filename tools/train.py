@@ -12,6 +12,7 @@ snapshots and goes on.  The effects are ``stop``, ``snapshot``,
 ``snapshot_stop`` and ``none``.  numcaffe runs on the CPU: ``--gpu`` is
 accepted and ignored with a warning.
 """
+import logging
 import os
 
 COMMAND = "train"
@@ -33,6 +34,35 @@ def add_arguments(p):
     p.add_argument("--gpu", default=None, help="accepted for Caffe compatibility; numcaffe runs on the CPU")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar with ETA: auto (when stderr is a terminal and tqdm is installed)")
+    p.add_argument("--plot", default="",
+                   help="also draw the training curves into this .png/.svg after every test and at the end, "
+                        "so a long run can be watched (needs matplotlib)")
+
+
+class LivePlot(logging.Handler):
+    """Keeps the run's log lines and redraws the training curves after every test (and at the end)."""
+
+    def __init__(self, out):
+        super().__init__()
+        from numcaffe.net.log import GlogFormatter
+        from numcaffe.tools.plot import _require_matplotlib
+        _require_matplotlib()
+        self.out = out
+        self.lines = []
+        self.setFormatter(GlogFormatter(with_year=True))
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+        msg = record.getMessage()
+        if msg.startswith("    Test net output #") or msg == "Optimization Done.":
+            self.draw()
+
+    def draw(self):
+        from numcaffe.tools.parse_log import parse_lines
+        from numcaffe.tools.plot import plot_tables
+        tables = parse_lines(self.lines, path=self.out)
+        if tables.train.rows or tables.test.rows:
+            plot_tables([tables], self.out)
 
 
 def run(args):
@@ -60,6 +90,9 @@ def run(args):
         log.warning("--gpu %s ignored: numcaffe runs on the CPU", args.gpu)
     log.info("Use CPU.")
     progress = {"auto": None, "on": True, "off": False}[args.progress]
+    if args.plot:
+        plot = LivePlot(args.plot)
+        get_logger().addHandler(plot)
     with SignalHandler(sigint, sighup) as handler:
         solver = get_solver(param, source=args.solver)
         solver.set_action_function(handler.action)
@@ -69,4 +102,7 @@ def run(args):
         log.info("Starting Optimization")
         solver.solve(progress=progress)
     log.info("Optimization Done.")
+    if args.plot:
+        get_logger().removeHandler(plot)
+        log.info("Training curves in %s", args.plot)
     return 0

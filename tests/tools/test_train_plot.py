@@ -1,0 +1,20 @@
+"""`numcaffe train --plot` keeps a picture of the training curves up to date."""
+import os
+import shutil
+
+import pytest
+
+from numcaffe.tools.cli import main
+
+XOR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "xor")
+
+
+def test_train_writes_the_plot(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    for name in os.listdir(XOR):
+        if os.path.isfile(os.path.join(XOR, name)):
+            shutil.copy(os.path.join(XOR, name), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--solver", "solver.prototxt", "--plot", "curves.png"]) == 0
+    data = (tmp_path / "curves.png").read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 5000
