@@ -218,8 +218,12 @@ def depthwise_forward(x, N, C, H, W, w, M, kh, kw, sh, sw, ph, pw, dh, dw, Ho, W
                 for oh in range(hlo, hhi):
                     src = src0 + (oh * sh - ph + i * dh) * W + woff
                     dst = dst0 + oh * Wo
-                    for ow in range(wlo, whi):
-                        y[dst + ow] += wv * x[src + ow * sw]
+                    if sw == 1:  # contiguous rows: the loop vectorizes
+                        for ow in range(wlo, whi):
+                            y[dst + ow] += wv * x[src + ow]
+                    else:
+                        for ow in range(wlo, whi):
+                            y[dst + ow] += wv * x[src + ow * sw]
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
@@ -246,14 +250,102 @@ def depthwise_backward(x, dy, N, C, H, W, w, M, kh, kw, sh, sw, ph, pw, dh, dw, 
                     for oh in range(hlo, hhi):
                         src = src0 + (oh * sh - ph + i * dh) * W + woff
                         g = g0 + oh * Wo
-                        if want_dw:
-                            for ow in range(wlo, whi):
-                                s += dy[g + ow] * x[src + ow * sw]
-                        if want_dx:
-                            for ow in range(wlo, whi):
-                                dx[src + ow * sw] += wv * dy[g + ow]
+                        if sw == 1:  # contiguous rows: the loops vectorize
+                            if want_dw:
+                                for ow in range(wlo, whi):
+                                    s += dy[g + ow] * x[src + ow]
+                            if want_dx:
+                                for ow in range(wlo, whi):
+                                    dx[src + ow] += wv * dy[g + ow]
+                        else:
+                            if want_dw:
+                                for ow in range(wlo, whi):
+                                    s += dy[g + ow] * x[src + ow * sw]
+                            if want_dx:
+                                for ow in range(wlo, whi):
+                                    dx[src + ow * sw] += wv * dy[g + ow]
                     if want_dw:
                         dw_acc[widx] += s
+
+
+@njit(cache=True, nogil=True)
+def _pad_plane(x, src, H, W, ph, pw, xp):
+    """xp = the H x W plane at x[src:] with ph rows and pw columns of zeros around it."""
+    Wp = W + 2 * pw
+    xp[:] = 0.0
+    for h in range(H):
+        for w in range(W):
+            xp[(h + ph) * Wp + pw + w] = x[src + h * W + w]
+
+
+@njit(cache=True, nogil=True)
+def depthwise_forward_s1(x, N, C, H, W, w, M, kh, kw, ph, pw, dh, dw, Ho, Wo, bias, with_bias, y):
+    """Stride-1 depthwise convolution: on a zero-padded plane of row width Wp, tap (i, j) reads
+    input q + i*dh*Wp + j*dw for output q = oh*Wp + ow, so each tap is one long contiguous
+    multiply-add (columns ow >= Wo are scratch and dropped)."""
+    mult = M // C
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    L = (Ho - 1) * Wp + Wo
+    xp = np.empty(Hp * Wp, np.float32)
+    acc = np.empty(L, np.float32)
+    for n in range(N):
+        for c in range(C):
+            _pad_plane(x, (n * C + c) * H * W, H, W, ph, pw, xp)
+            for m in range(c * mult, (c + 1) * mult):
+                b = bias[m] if with_bias else np.float32(0.0)
+                for q in range(L):
+                    acc[q] = b
+                for i in range(kh):
+                    for j in range(kw):
+                        wv = w[(m * kh + i) * kw + j]
+                        shift = i * dh * Wp + j * dw
+                        for q in range(L):
+                            acc[q] += wv * xp[q + shift]
+                dst = (n * M + m) * Ho * Wo
+                for oh in range(Ho):
+                    for ow in range(Wo):
+                        y[dst + oh * Wo + ow] = acc[oh * Wp + ow]
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def depthwise_backward_s1(x, dy, N, C, H, W, w, M, kh, kw, ph, pw, dh, dw, Ho, Wo,
+                          dw_acc, want_dw, dx, want_dx):
+    """Backward of depthwise_forward_s1, on the same padded planes."""
+    mult = M // C
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    L = (Ho - 1) * Wp + Wo
+    xp = np.zeros(Hp * Wp, np.float32)
+    dxp = np.empty(Hp * Wp, np.float32)
+    g = np.zeros(L, np.float32)
+    for n in range(N):
+        for c in range(C):
+            if want_dw:
+                _pad_plane(x, (n * C + c) * H * W, H, W, ph, pw, xp)
+            if want_dx:
+                dxp[:] = 0.0
+            for m in range(c * mult, (c + 1) * mult):
+                src = (n * M + m) * Ho * Wo
+                for oh in range(Ho):          # dy on rows of width Wp; the scratch columns stay 0
+                    for ow in range(Wo):
+                        g[oh * Wp + ow] = dy[src + oh * Wo + ow]
+                for i in range(kh):
+                    for j in range(kw):
+                        widx = (m * kh + i) * kw + j
+                        shift = i * dh * Wp + j * dw
+                        if want_dw:
+                            s = np.float32(0.0)
+                            for q in range(L):
+                                s += g[q] * xp[q + shift]
+                            dw_acc[widx] += s
+                        if want_dx:
+                            wv = w[widx]
+                            for q in range(L):
+                                dxp[q + shift] += wv * g[q]
+            if want_dx:
+                dst = (n * C + c) * H * W
+                for h in range(H):
+                    for ww in range(W):
+                        dx[dst + h * W + ww] = dxp[(h + ph) * Wp + pw + ww]
 
 
 # ---------------------------------------------------------------------------
@@ -476,6 +568,10 @@ class BaseConvolutionLayer(Layer):
         N, chunk = self.num, self.chunk
         return [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
 
+    def _depthwise_args_s1(self):
+        return (*self.in_spatial, self.blobs[0].flat_data, self.num_output, *self.kernel, *self.pad,
+                *self.dilation, *self.out_spatial)
+
     def _depthwise_args(self):
         return (*self.in_spatial, self.blobs[0].flat_data, self.num_output, *self.kernel, *self.stride,
                 *self.pad, *self.dilation, *self.out_spatial)
@@ -509,8 +605,12 @@ class ConvolutionLayer(BaseConvolutionLayer):
         bias = self.blobs[1].flat_data if self.bias_term else _NO_BIAS
         if self.depthwise:
             for b, t in zip(bottom, top):
-                depthwise_forward(b.flat_data, self.num, self.channels, *self._depthwise_args(),
-                                  bias, self.bias_term, t.flat_data)
+                if self.stride == [1, 1]:
+                    depthwise_forward_s1(b.flat_data, self.num, self.channels, *self._depthwise_args_s1(),
+                                         bias, self.bias_term, t.flat_data)
+                else:
+                    depthwise_forward(b.flat_data, self.num, self.channels, *self._depthwise_args(),
+                                      bias, self.bias_term, t.flat_data)
             return
         geo = self.geo
         G, M, K, P = self.group, self.num_output, geo.rows, geo.P
@@ -544,7 +644,13 @@ class ConvolutionLayer(BaseConvolutionLayer):
             for i, (b, t) in enumerate(zip(bottom, top)):
                 if want_b:
                     bias_grad(t.flat_diff, self.num, self.num_output, t.count // (self.num * self.num_output), db)
-                if want_w or propagate_down[i]:
+                if not (want_w or propagate_down[i]):
+                    continue
+                if self.stride == [1, 1]:
+                    depthwise_backward_s1(b.flat_data, t.flat_diff, self.num, self.channels,
+                                          *self._depthwise_args_s1(), self.blobs[0].flat_diff, want_w,
+                                          b.flat_diff, propagate_down[i])
+                else:
                     depthwise_backward(b.flat_data, t.flat_diff, self.num, self.channels, *self._depthwise_args(),
                                        self.blobs[0].flat_diff, want_w, b.flat_diff, propagate_down[i])
             return

@@ -119,14 +119,30 @@ def test_preloaded_weights_are_used_and_checked():
         create_layer(bad).SetUp([Blob((1, 3, 2, 2))], [Blob()])
 
 
-def test_depthwise_path_matches_the_oracle_at_a_larger_size():
-    layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 8 kernel_size: 3 pad: 1 '
-                              'stride: 2 group: 8 weight_filler { type: "gaussian" std: 1 } '
-                              'bias_filler { type: "gaussian" std: 1 } }', (3, 8, 11, 9))
+@pytest.mark.parametrize("stride,pad,dilation", [(2, 1, 1), (1, 1, 1), (1, 2, 2), (1, 0, 1)])
+def test_depthwise_paths_match_the_oracle_at_a_larger_size(stride, pad, dilation):
+    fill = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
+    layer, bottom, top = make(f'type: "Convolution" convolution_param {{ num_output: 16 kernel_size: 3 pad: {pad} '
+                              f'stride: {stride} dilation: {dilation} group: 8 {fill} }}', (3, 8, 11, 9))
     assert layer.depthwise
     layer.Forward(bottom, top)
-    ref = conv_ref(bottom[0].data, layer.blobs[0].data, layer.blobs[1].data, [2, 2], [1, 1], [1, 1], 8)
+    s, p, d = [stride] * 2, [pad] * 2, [dilation] * 2
+    ref = conv_ref(bottom[0].data, layer.blobs[0].data, layer.blobs[1].data, s, p, d, 8)
     np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)
+    # Backward against the generic grouped path (same layer run with the depthwise kernel switched off).
+    rs = np.random.RandomState(1)
+    top[0].diff[...] = rs.standard_normal(top[0].shape)
+    layer.blobs[0].diff[...] = 0
+    layer.Backward(top, [True], bottom)
+    dx, dw = bottom[0].diff.copy(), layer.blobs[0].diff.copy()
+    layer.depthwise = False
+    from numcaffe.layers.conv import _Im2col
+    layer.geo = _Im2col(8, [11, 9], list(top[0].shape[2:]), [3, 3], s, p, d)
+    layer.per_image, layer.chunk, layer._cached = False, 3, False
+    layer.blobs[0].diff[...] = 0
+    layer.Backward(top, [True], bottom)
+    np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.blobs[0].diff, dw, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("shape", [(3, 2, 4, 4), (3, 2, 16, 16)])  # one GEMM per chunk; per image
