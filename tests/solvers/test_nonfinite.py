@@ -31,7 +31,7 @@ def solve(net_text, tmp_path):
                                    random_seed=1)
     text_format.Parse(net_text, sp.net_param)
     solver = get_solver(sp)
-    with pytest.raises(NumericalError) as e:
+    with pytest.raises(NumericalError) as e, np.errstate(all="ignore"):
         solver.solve()
     return str(e.value)
 
