@@ -142,12 +142,11 @@ class ImageDataLayer(PrefetchingDataLayer):
                                       self.describe(), legacy=p)
         list_path = resolve_path(p.source, self.base_dir, f"{self.describe()}: image_data_param.source")
         items = read_image_list(list_path, self.describe())
-        # Caffe opens root_folder + path from the working directory; when the first image is not
-        # found there but is next to the config file, every path is taken from there.
+        # Caffe opens root_folder + path from the working directory; when the first image is found
+        # only next to the config file, every path is taken from there.
         prefix = p.root_folder
         first = prefix + items[0][0]
-        if not os.path.isabs(first) and not os.path.exists(first) and self.base_dir \
-                and os.path.exists(os.path.join(self.base_dir, first)):
+        if resolve_path(first, self.base_dir, must_exist=False) != os.path.expanduser(first):
             prefix = os.path.join(self.base_dir, prefix)
         resolved = [(prefix + name, label) for name, label in items]
         size = (int(p.new_height), int(p.new_width)) if p.new_height else None

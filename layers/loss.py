@@ -23,8 +23,6 @@ Logs are clamped as in Caffe: ``log(max(p, FLT_MIN))`` for SoftmaxWithLoss,
 InfogainLoss; the gradients do not see the clamp (they are Caffe's formulas).
 Sums are accumulated in float64.
 """
-import os
-
 import numpy as np
 from numba import njit
 
@@ -32,6 +30,7 @@ from numcaffe.layers.base import LossLayer, register
 from numcaffe.layers.softmax import SoftmaxGeometry
 from numcaffe.net.blob import Blob, proto_array
 from numcaffe.net.config import parse_binary, read_bytes
+from numcaffe.net.db import resolve_path
 from numcaffe.net.errors import ConfigError, NumcaffeError
 from numcaffe.net.proto import caffe_pb2
 
@@ -586,8 +585,8 @@ class InfogainLossLayer(_IgnoreLabelMixin, LossLayer):
     loss = -sum over locations of sum_l H[label, l] log(max(p_l, 1e-20)) / normalizer;
     d scores_l = (p_l sum_k H[label, k] - H[label, l]) w / normalizer.
     H comes from bottom 2, or else from the .binaryproto ``infogain_loss_param.source``
-    (a relative path is looked up beside the net's config file, then in the working
-    directory).  With H = identity this is SoftmaxWithLoss (up to the log clamp).
+    (a relative path is looked up in the working directory, as Caffe does, then beside
+    the net's config file).  With H = identity this is SoftmaxWithLoss (up to the log clamp).
     ``loss_param.normalization`` (default VALID); the legacy ``normalize`` is refused, as
     in Caffe.  Optional top[1]: the probabilities.
     """
@@ -619,11 +618,7 @@ class InfogainLossLayer(_IgnoreLabelMixin, LossLayer):
         if not param.source:
             raise ConfigError(f"{self.describe()}: the infogain matrix must come from a third bottom or "
                               f"from infogain_loss_param.source")
-        path = param.source
-        if not os.path.isabs(path) and self.base_dir:
-            beside = os.path.join(self.base_dir, path)
-            if os.path.exists(beside):
-                path = beside
+        path = resolve_path(param.source, self.base_dir, must_exist=False)
         proto = parse_binary(read_bytes(path, "infogain matrix (.binaryproto)"), caffe_pb2.BlobProto(), path)
         return np.ascontiguousarray(proto_array(proto).ravel(), dtype=np.float32)
 

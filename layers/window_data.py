@@ -26,7 +26,6 @@ Sampling is with replacement, so the position of the next batch is the random
 state alone: resume is exact.  Tops: data (batch_size, C, crop, crop), label.
 """
 import math
-import os
 
 import numpy as np
 
@@ -64,10 +63,7 @@ def read_window_file(path, fg_threshold, bg_threshold, root_folder="", base_dir=
                             f"got {tokens[pos]!r}")
         pos += 1
         take(int, "the image index")
-        image = root_folder + take(str, "the image path")
-        if base_dir and not os.path.isabs(image) and not os.path.exists(image) and \
-                os.path.exists(os.path.join(base_dir, image)):
-            image = os.path.join(base_dir, image)
+        image = resolve_path(root_folder + take(str, "the image path"), base_dir, must_exist=False)
         for what in ("channels", "height", "width"):
             take(int, what)
         index = len(images)
