@@ -36,6 +36,7 @@ from google.protobuf import text_format
 
 from numcaffe.net import random as nc_random
 from numcaffe.net.config import read_message
+from numcaffe.net.db import resolve_path
 from numcaffe.net.errors import ConfigError, ModelFileError, NumericalError
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.solvers import lr_policy, signals
@@ -113,9 +114,10 @@ def _output_lines(net, names_values, loss_weights, label):
 class Solver:
     """Base of all solvers.  ``Solver(solver_file_or_param, base_dir=None, source=None)``.
 
-    Relative paths in the solver (nets, snapshot_prefix, weights) are taken
-    from the solver file's directory; a path that exists only relative to the
-    working directory (Caffe's convention) is found there too.
+    Relative paths to the nets and weights are opened from the working
+    directory, as Caffe does, and from the solver file's directory when the
+    file is only there.  A relative snapshot_prefix is taken from the solver
+    file's directory unless only the working directory has its folder.
     """
 
     type_name = None
@@ -187,14 +189,8 @@ class Solver:
             require_h5py("snapshot_format: HDF5")
 
     def _path(self, path):
-        """A path from the solver: absolute, else in the solver's directory, else in the working directory."""
-        path = os.path.expanduser(path)
-        if os.path.isabs(path):
-            return path
-        here = os.path.join(self.base_dir, path)
-        if os.path.exists(here) or not os.path.exists(path):
-            return here
-        return path
+        """A path from the solver: as Caffe opens it (working directory), else in the solver's directory."""
+        return resolve_path(path, self.base_dir, must_exist=False)
 
     def _set_snapshot_prefix(self):
         """Caffe's rule: no prefix means the solver file's name; a directory gets that name appended."""

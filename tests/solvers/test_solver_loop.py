@@ -340,3 +340,14 @@ def _with(param, **fields):
     for k, v in fields.items():
         setattr(out, k, v)
     return out
+
+
+def test_relative_net_path_is_opened_from_the_working_directory_first(workdir, tmp_path_factory, monkeypatch):
+    """As Caffe: the working directory's net.prototxt wins; the solver's folder is the fallback."""
+    elsewhere = tmp_path_factory.mktemp("cwd")
+    write_classifier_data(elsewhere)
+    (elsewhere / "net.prototxt").write_text(CLASSIFIER_NET % dict(middle=DROPOUT))
+    monkeypatch.chdir(elsewhere)
+    assert "Dropout" in [layer.type for layer in make(workdir).net.layers]
+    (elsewhere / "net.prototxt").unlink()
+    assert "Dropout" not in [layer.type for layer in make(workdir).net.layers]
