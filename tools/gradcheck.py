@@ -24,7 +24,7 @@ import difflib
 
 import numpy as np
 
-from numcaffe.layers.gradcheck import BlobReport, _objective
+from numcaffe.layers.gradcheck import check_layer
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError, NumcaffeError
 
@@ -78,73 +78,30 @@ def check_net_layer(layer, bottoms, check_bottom, check_params, step=1e-2, thres
                     max_checks=100, seed=1701, bottom_names=None):
     """Check one set-up layer on copies of ``bottoms``; returns its BlobReports.
 
-    Raises NumcaffeError/NotImplementedError from the layer's Backward when it has no gradient.
+    The layer's parameters, ``param_propagate_down`` and random state are as
+    before afterwards.  Raises NumcaffeError/NotImplementedError from the
+    layer's Backward when it has no gradient.
     """
-    rs = np.random.RandomState(seed)
     bottom = [_copy_blob(b) for b in bottoms]
     top = [Blob() for _ in layer.layer_param.top]
     saved_params = [p.data.copy() for p in layer.blobs]
+    saved_prop = list(layer.param_propagate_down)
     state = layer.get_state()
-
-    def forward():
-        layer.set_state(state)
-        layer.Forward(bottom, top)
-        return _objective(top, weights)
-
+    layer.param_propagate_down = [j in check_params for j in range(len(layer.blobs))]
     try:
-        layer.set_state(state)
-        layer.Forward(bottom, top)
-        weights = [rs.uniform(-1.0, 1.0, t.count) for t in top]
-        propagate = [j in check_bottom for j in range(len(bottom))]
-        for t, w in zip(top, weights):
-            t.flat_diff[...] = w
-        for j, b in enumerate(bottom):
-            b.flat_diff[...] = np.nan if propagate[j] else 0.0   # must be overwritten, not accumulated
-        for p in layer.blobs:
-            p.flat_diff[...] = 0.0
-        saved_prop = list(layer.param_propagate_down)
-        layer.param_propagate_down = [j in check_params for j in range(len(layer.blobs))]
-        try:
-            layer.Backward(top, propagate, bottom)
-        finally:
-            layer.param_propagate_down = saved_prop
-        names = bottom_names or [f"bottom[{j}]" for j in range(len(bottom))]
-        targets = [(f"bottom {names[j]}", bottom[j]) for j in check_bottom]
-        targets += [(f"param {j} {tuple(layer.blobs[j].shape)}", layer.blobs[j]) for j in check_params]
-        analytic = {label: blob.flat_diff.astype(np.float64).copy() for label, blob in targets}
-        reports = []
-        for label, blob in targets:
-            rep = BlobReport(label)
-            n = blob.count
-            idx = np.arange(n) if n <= max_checks else rs.choice(n, max_checks, replace=False)
-            flat = blob.flat_data
-            for i in idx:
-                x = float(flat[i])
-                flat[i] = x + step
-                pos = forward()
-                flat[i] = x - step
-                neg = forward()
-                flat[i] = x
-                numeric = (pos - neg) / (2.0 * step)
-                a = float(analytic[label][i])
-                err = abs(a - numeric) / max(abs(a), abs(numeric), 1.0) if np.isfinite(a) else np.inf
-                if err > threshold and np.isfinite(a):
-                    mid = forward()
-                    right, left = (pos - mid) / step, (mid - neg) / step
-                    if abs(right - left) / max(abs(right), abs(left), 1.0) > threshold:
-                        rep.skipped += 1          # not differentiable here (a kink)
-                        continue
-                rep.checked += 1
-                if err > rep.worst or rep.worst_index < 0:
-                    rep.worst, rep.worst_index, rep.analytic, rep.numeric = err, int(i), a, numeric
-                if err > threshold:
-                    rep.failures.append((int(i), a, numeric))
-            reports.append(rep)
-        return reports
+        reports = check_layer(layer, bottom, top, check_bottom, step, threshold, max_checks=max_checks,
+                              seed=seed, setup=False, detect_kinks=True)
     finally:
+        layer.param_propagate_down = saved_prop
         for p, d in zip(layer.blobs, saved_params):
             p.data[...] = d
         layer.set_state(state)
+    names = bottom_names or [f"bottom[{j}]" for j in range(len(bottom))]
+    labels = [f"bottom {names[j]}" for j in check_bottom]
+    labels += [f"param {j} {tuple(layer.blobs[j].shape)}" for j in sorted(check_params)]
+    for rep, label in zip(reports, labels):     # check_layer reports the bottoms, then the parameters
+        rep.label = label
+    return reports
 
 
 # ----------------------------------------------------------------------------- the net
