@@ -12,7 +12,9 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import Layer, register
-from numcaffe.net.errors import NumcaffeError, ShapeError
+from numcaffe.layers.loss import IgnoreLabelMixin, bad_label, check_label_count
+from numcaffe.layers.softmax import SoftmaxGeometry
+from numcaffe.net.errors import NumcaffeError
 
 
 @njit(cache=True)
@@ -58,7 +60,7 @@ def accuracy_forward(scores, label, outer, channels, inner, top_k, has_ignore, i
 
 
 @register("Accuracy")
-class AccuracyLayer(Layer):
+class AccuracyLayer(IgnoreLabelMixin, Layer):
     """top[0] = correct / counted (0 if nothing counted); top[1] (optional) = per-class accuracy."""
 
     exact_num_bottom = 2
@@ -69,45 +71,33 @@ class AccuracyLayer(Layer):
     def LayerSetUp(self, bottom, top):
         p = self.layer_param.accuracy_param
         self.top_k = int(p.top_k)
-        self.has_ignore = p.HasField("ignore_label")
-        self.ignore_label = int(p.ignore_label) if self.has_ignore else 0
+        self.read_ignore_label(p)
+        self.geometry = SoftmaxGeometry()
         self.seen = np.zeros(0, dtype=np.float64)
         self.no_per_class = np.zeros(0, dtype=np.float32)
 
     def Reshape(self, bottom, top):
         scores, label = bottom
-        if scores.num_axes == 0:
-            raise self.shape_error("needs scores with at least one axis, got a scalar")
-        try:
-            self.axis = scores.canonical_axis(self.layer_param.accuracy_param.axis)
-        except ShapeError as e:
-            raise self.shape_error(str(e)) from None
-        self.outer = scores.count_range(0, self.axis)
-        self.channels = scores.shape[self.axis]
-        self.inner = scores.count_range(self.axis + 1)
-        if self.outer * self.inner != label.count:
-            raise self.shape_error(
-                f"the number of labels must match the number of predictions: with axis {self.axis} and "
-                f"scores of shape {scores.shape} there must be {self.outer * self.inner} labels, got "
-                f"{label.count} (shape {label.shape})")
-        if self.top_k > self.channels:
+        g = self.geometry
+        g.update(scores, self.layer_param.accuracy_param.axis, self)
+        check_label_count(self, g, scores, label, "axis")
+        if self.top_k > g.channels:
             raise self.shape_error(f"top_k ({self.top_k}) must not exceed the number of classes "
-                                   f"({self.channels})")
+                                   f"({g.channels})")
         top[0].reshape(())
         if len(top) > 1:
-            top[1].reshape((self.channels,))
-            if self.seen.size != self.channels:
-                self.seen = np.zeros(self.channels, dtype=np.float64)
+            top[1].reshape((g.channels,))
+            if self.seen.size != g.channels:
+                self.seen = np.zeros(g.channels, dtype=np.float64)
 
     def Forward_cpu(self, bottom, top):
         per_class = top[1].flat_data if len(top) > 1 else self.no_per_class
-        correct, counted, bad = accuracy_forward(bottom[0].flat_data, bottom[1].flat_data, self.outer,
-                                                 self.channels, self.inner, self.top_k, self.has_ignore,
-                                                 self.ignore_label, per_class, self.seen)
+        g = self.geometry
+        correct, counted, bad = accuracy_forward(bottom[0].flat_data, bottom[1].flat_data, g.outer, g.channels,
+                                                 g.inner, self.top_k, self.has_ignore, self.ignore_label,
+                                                 per_class, self.seen)
         if bad >= 0:
-            also = f" or the ignore_label {self.ignore_label}" if self.has_ignore else ""
-            raise NumcaffeError(f"{self.describe()}: label {float(bottom[1].flat_data[bad]):g} at position "
-                                f"{bad} is not a class index in [0, {self.channels}){also}")
+            raise bad_label(self, bottom[1], bad, g.channels, self.ignore_or_none)
         top[0].data[...] = correct / counted if counted else 0.0
 
     def Backward_cpu(self, top, propagate_down, bottom):

@@ -1,5 +1,9 @@
 """Loss layers: a scalar top, weight 1 by default, gradients scaled by that weight.
 
+This module: SoftmaxWithLoss, InfogainLoss, SigmoidCrossEntropyLoss,
+MultinomialLogisticLoss and the helpers all losses share; the distance and
+margin losses (Euclidean, L1, Hinge, Contrastive) are in loss_distance.py.
+
 Every Backward reads the loss weight where Caffe keeps it, in ``top[0].diff``
 (the net's backward seeds it there), and multiplies it into the gradient.  Label
 inputs never take a gradient: the net does not ask for one (``propagate_down``
@@ -138,83 +142,6 @@ def sigmoid_cross_entropy_backward(x, t, dx, has_ignore, ignore_label, scale):
 
 
 @njit(cache=True)
-def difference_sumsq(a, b, diff):
-    """diff = a - b; returns sum(diff^2) in float64."""
-    total = 0.0
-    for i in range(a.size):
-        d = a[i] - b[i]
-        diff[i] = d
-        total += float(d) * float(d)
-    return total
-
-
-@njit(cache=True)
-def difference_sumabs(a, b, diff):
-    """diff = a - b; returns sum(|diff|) in float64."""
-    total = 0.0
-    for i in range(a.size):
-        d = a[i] - b[i]
-        diff[i] = d
-        total += abs(float(d))
-    return total
-
-
-@njit(cache=True)
-def scaled_copy(src, alpha, dst):
-    """dst = alpha * src."""
-    for i in range(src.size):
-        dst[i] = alpha * src[i]
-
-
-@njit(cache=True)
-def scaled_sign(src, alpha, dst):
-    """dst = alpha * sign(src), sign(0) = 0."""
-    for i in range(src.size):
-        if src[i] > 0:
-            dst[i] = alpha
-        elif src[i] < 0:
-            dst[i] = -alpha
-        else:
-            dst[i] = 0.0
-
-
-@njit(cache=True)
-def hinge_forward(x, label, margins, num, dim, squared):
-    """margins = max(0, 1 + d * x) with d = -1 at the label, +1 elsewhere.
-
-    Returns (sum of margins, or of their squares, in float64; index of the first bad label or -1).
-    """
-    total = 0.0
-    for i in range(num):
-        lv = int(label[i])
-        if lv < 0 or lv >= dim:
-            return total, i
-        for j in range(dim):
-            v = x[i * dim + j]
-            if j == lv:
-                v = -v
-            m = 1.0 + v
-            if m < 0.0:
-                m = 0.0
-            margins[i * dim + j] = m
-            total += m * m if squared else m
-    return total, -1
-
-
-@njit(cache=True)
-def hinge_backward(margins, label, dx, num, dim, squared, scale):
-    """dx = scale * d * (sign(m) for L1 | 2 m for L2), d = -1 at the label."""
-    for i in range(num):
-        lv = int(label[i])
-        for j in range(dim):
-            m = margins[i * dim + j]
-            g = 2.0 * m if squared else (1.0 if m > 0.0 else 0.0)
-            if j == lv:
-                g = -g
-            dx[i * dim + j] = scale * g
-
-
-@njit(cache=True)
 def multinomial_logistic_forward(prob, label, num, dim, floor):
     """-sum_i log(max(prob[i, label_i], floor)); returns (loss, first bad label index or -1)."""
     loss = 0.0
@@ -287,82 +214,88 @@ def infogain_backward(prob, label, H, row_sums, dx, outer, channels, inner, has_
                     dx[row + j] = scale * (prob[row + j] * row_sums[lv] - H[lv * channels + c])
 
 
-@njit(cache=True)
-def contrastive_forward(a, b, sim, diff, dist_sq, num, channels, margin, legacy):
-    """Summed contrastive loss (before the 1 / 2N): d^2 for similar pairs, else
-    max(margin - d^2, 0) (legacy) or max(margin - d, 0)^2.  Fills diff = a - b and dist_sq.
-    """
-    loss = 0.0
-    for i in range(num):
-        s = 0.0
-        for c in range(channels):
-            d = a[i * channels + c] - b[i * channels + c]
-            diff[i * channels + c] = d
-            s += float(d) * float(d)
-        dist_sq[i] = s
-        if int(sim[i]) != 0:
-            loss += s
-        elif legacy:
-            m = margin - s
-            loss += m if m > 0.0 else 0.0
-        else:
-            m = margin - np.sqrt(s)
-            if m > 0.0:
-                loss += m * m
-    return loss
-
-
-@njit(cache=True)
-def contrastive_backward(diff, dist_sq, sim, dx, num, channels, margin, legacy, alpha):
-    """alpha * diff for similar pairs; for dissimilar ones inside the margin -alpha * diff
-    (legacy) or -alpha * (margin - d) / (d + 1e-4) * diff; 0 outside the margin.
-    """
-    for i in range(num):
-        if int(sim[i]) != 0:
-            beta = alpha
-        elif legacy:
-            beta = -alpha if margin - dist_sq[i] > 0.0 else 0.0
-        else:
-            dist = np.sqrt(dist_sq[i])
-            m = margin - dist
-            beta = -alpha * m / (dist + 1e-4) if m > 0.0 else 0.0
-        for c in range(channels):
-            dx[i * channels + c] = beta * diff[i * channels + c]
-
-
 # ------------------------------------------------------------------ helpers
+# (Accuracy, which reads class-index labels the same way, uses them too.)
 
 
-def _check_no_label_gradient(layer, propagate_down, indices):
+def check_no_label_gradient(layer, propagate_down, indices):
     for i in indices:
         if i < len(propagate_down) and propagate_down[i]:
             raise NumcaffeError(f"{layer.describe()} cannot backpropagate to its label input (bottom {i}); "
                                 f"set propagate_down: false for that bottom")
 
 
-def _bad_label(layer, label_blob, index, num_classes, ignore_label=None):
+def bad_label(layer, label_blob, index, num_classes, ignore_label=None):
+    """The error for the label at flat ``index``, a kernel's first label outside [0, num_classes)."""
     value = float(label_blob.flat_data[index])
     also = f" or the ignore_label {ignore_label}" if ignore_label is not None else ""
     return NumcaffeError(f"{layer.describe()}: label {value:g} at position {index} is not a class "
                          f"index in [0, {num_classes}){also}")
 
 
-class _IgnoreLabelMixin:
-    def _read_ignore_label(self):
-        lp = self.layer_param.loss_param
-        self.has_ignore = lp.HasField("ignore_label")
-        self.ignore_label = int(lp.ignore_label) if self.has_ignore else 0
+def check_label_count(layer, geometry, scores, labels, axis_name):
+    """One label per location: ``geometry.outer * geometry.inner`` of them (``scores`` seen around its class axis)."""
+    g = geometry
+    if g.outer * g.inner != labels.count:
+        raise layer.shape_error(
+            f"the number of labels must match the number of predictions: with {axis_name} "
+            f"{g.axis} and scores of shape {scores.shape} there must be {g.outer * g.inner} "
+            f"labels (values in 0..{g.channels - 1}), got {labels.count} (shape {labels.shape})")
+
+
+class IgnoreLabelMixin:
+    def read_ignore_label(self, param):
+        """``has_ignore`` and ``ignore_label`` from ``param`` (a loss_param or accuracy_param)."""
+        self.has_ignore = param.HasField("ignore_label")
+        self.ignore_label = int(param.ignore_label) if self.has_ignore else 0
 
     @property
-    def _ignore_or_none(self):
+    def ignore_or_none(self):
         return self.ignore_label if self.has_ignore else None
+
+
+class _SoftmaxLoss(IgnoreLabelMixin, LossLayer):
+    """What SoftmaxWithLoss and InfogainLoss share: p = softmax(scores) along an axis,
+    one label per location, a normalizer, and p as the optional top[1] (it shares
+    p's memory; its diff is not used).  ``axis_field`` names the parameter holding
+    the axis, ``axis_name`` how messages call it.
+    """
+
+    min_num_top = 1
+    max_num_top = 2
+    exact_num_top = None
+    axis_field = "softmax_param"
+    axis_name = "softmax axis"
+
+    def LayerSetUp(self, bottom, top):
+        self.read_ignore_label(self.layer_param.loss_param)
+        self.geometry = SoftmaxGeometry()
+        self.prob = Blob()
+        self.normalizer = 1.0
+
+    def Reshape(self, bottom, top):
+        super().Reshape(bottom, top)
+        self.geometry.update(bottom[0], getattr(self.layer_param, self.axis_field).axis, self)
+        check_label_count(self, self.geometry, bottom[0], bottom[1], self.axis_name)
+        self.prob.reshape(bottom[0].shape)
+        if len(top) >= 2:
+            top[1].reshape(bottom[0].shape)
+            top[1].share_data(self.prob)
+
+    def _set_loss(self, bottom, top, loss, count, bad):
+        """top[0] = loss / normalizer, or the error for a kernel's bad label."""
+        g = self.geometry
+        if bad >= 0:
+            raise bad_label(self, bottom[1], bad, g.channels, self.ignore_or_none)
+        self.normalizer = get_normalizer(self.normalization, g.outer, g.inner, count)
+        top[0].data[...] = loss / self.normalizer
 
 
 # ------------------------------------------------------------------ layers
 
 
 @register("SoftmaxWithLoss")
-class SoftmaxWithLossLayer(_IgnoreLabelMixin, LossLayer):
+class SoftmaxWithLossLayer(_SoftmaxLoss):
     """Softmax along ``softmax_param.axis`` then the multinomial logistic loss of the labels.
 
     Bottoms: scores (outer x C x inner), labels (outer * inner class indices).
@@ -371,30 +304,9 @@ class SoftmaxWithLossLayer(_IgnoreLabelMixin, LossLayer):
     Optional top[1]: the probabilities (it shares their memory; its diff is not used).
     """
 
-    min_num_top = 1
-    max_num_top = 2
-    exact_num_top = None
-
     def LayerSetUp(self, bottom, top):
-        self._read_ignore_label()
+        super().LayerSetUp(bottom, top)
         self.normalization = normalization_mode(self.layer_param.loss_param)
-        self.geometry = SoftmaxGeometry()
-        self.prob = Blob()
-        self.normalizer = 1.0
-
-    def Reshape(self, bottom, top):
-        super().Reshape(bottom, top)
-        g = self.geometry
-        g.update(bottom[0], self.layer_param.softmax_param.axis, self)
-        if g.outer * g.inner != bottom[1].count:
-            raise self.shape_error(
-                f"the number of labels must match the number of predictions: with softmax axis "
-                f"{g.axis} and scores of shape {bottom[0].shape} there must be {g.outer * g.inner} "
-                f"labels (values in 0..{g.channels - 1}), got {bottom[1].count} (shape {bottom[1].shape})")
-        self.prob.reshape(bottom[0].shape)
-        if len(top) >= 2:
-            top[1].reshape(bottom[0].shape)
-            top[1].share_data(self.prob)
 
     def Forward_cpu(self, bottom, top):
         g = self.geometry
@@ -402,13 +314,10 @@ class SoftmaxWithLossLayer(_IgnoreLabelMixin, LossLayer):
         loss, count, bad = softmax_loss_forward(self.prob.flat_data, bottom[1].flat_data, g.outer,
                                                 g.channels, g.inner, self.has_ignore, self.ignore_label,
                                                 FLT_MIN)
-        if bad >= 0:
-            raise _bad_label(self, bottom[1], bad, g.channels, self._ignore_or_none)
-        self.normalizer = get_normalizer(self.normalization, g.outer, g.inner, count)
-        top[0].data[...] = loss / self.normalizer
+        self._set_loss(bottom, top, loss, count, bad)
 
     def Backward_cpu(self, top, propagate_down, bottom):
-        _check_no_label_gradient(self, propagate_down, [1])
+        check_no_label_gradient(self, propagate_down, [1])
         if propagate_down[0]:
             g = self.geometry
             scale = float(top[0].flat_diff[0]) / self.normalizer
@@ -417,7 +326,7 @@ class SoftmaxWithLossLayer(_IgnoreLabelMixin, LossLayer):
 
 
 @register("SigmoidCrossEntropyLoss")
-class SigmoidCrossEntropyLossLayer(_IgnoreLabelMixin, LossLayer):
+class SigmoidCrossEntropyLossLayer(IgnoreLabelMixin, LossLayer):
     """Cross-entropy of sigmoid(x) against targets t in [0, 1], elementwise.
 
     loss = -sum [t log s(x) + (1 - t) log(1 - s(x))] / normalizer, computed without
@@ -428,7 +337,7 @@ class SigmoidCrossEntropyLossLayer(_IgnoreLabelMixin, LossLayer):
     """
 
     def LayerSetUp(self, bottom, top):
-        self._read_ignore_label()
+        self.read_ignore_label(self.layer_param.loss_param)
         self.normalization = normalization_mode(self.layer_param.loss_param, default=_Norm.BATCH_SIZE)
         self.normalizer = 1.0
 
@@ -447,102 +356,11 @@ class SigmoidCrossEntropyLossLayer(_IgnoreLabelMixin, LossLayer):
         top[0].data[...] = loss / self.normalizer
 
     def Backward_cpu(self, top, propagate_down, bottom):
-        _check_no_label_gradient(self, propagate_down, [1])
+        check_no_label_gradient(self, propagate_down, [1])
         if propagate_down[0]:
             scale = float(top[0].flat_diff[0]) / self.normalizer
             sigmoid_cross_entropy_backward(bottom[0].flat_data, bottom[1].flat_data, bottom[0].flat_diff,
                                            self.has_ignore, self.ignore_label, scale)
-
-
-class _DifferenceLoss(LossLayer):
-    """Shared shape logic of EuclideanLoss and L1Loss: two same-sized inputs, both differentiable."""
-
-    def LayerSetUp(self, bottom, top):
-        self.diff = np.zeros(0, dtype=np.float32)
-
-    def Reshape(self, bottom, top):
-        super().Reshape(bottom, top)
-        if bottom[0].count_range(1) != bottom[1].count_range(1):
-            raise self.shape_error(f"inputs must have the same dimension; got {bottom[0].shape} "
-                                   f"and {bottom[1].shape}")
-        if self.diff.size != bottom[0].count:
-            self.diff = np.zeros(bottom[0].count, dtype=np.float32)
-        self.num = bottom[0].shape[0] if bottom[0].num_axes else 1
-
-    def allow_force_backward(self, bottom_index):
-        return True
-
-
-@register("EuclideanLoss")
-class EuclideanLossLayer(_DifferenceLoss):
-    """loss = sum (a - b)^2 / (2 N);  da = (a - b) w / N,  db = -(a - b) w / N  (w: loss weight)."""
-
-    def Forward_cpu(self, bottom, top):
-        sumsq = difference_sumsq(bottom[0].flat_data, bottom[1].flat_data, self.diff)
-        top[0].data[...] = sumsq / self.num / 2.0
-
-    def Backward_cpu(self, top, propagate_down, bottom):
-        w = float(top[0].flat_diff[0])
-        for i, sign in ((0, 1.0), (1, -1.0)):
-            if propagate_down[i]:
-                scaled_copy(self.diff, sign * w / self.num, bottom[i].flat_diff)
-
-
-@register("L1Loss")
-class L1LossLayer(_DifferenceLoss):
-    """numcaffe extension, the L1 sibling of EuclideanLoss: loss = sum |a - b| / N.
-
-    da = sign(a - b) w / N,  db = -sign(a - b) w / N  (w: loss weight).  Where
-    a == b, |.| has no derivative; the subgradient 0 is used there.
-    """
-
-    def Forward_cpu(self, bottom, top):
-        sumabs = difference_sumabs(bottom[0].flat_data, bottom[1].flat_data, self.diff)
-        top[0].data[...] = sumabs / self.num
-
-    def Backward_cpu(self, top, propagate_down, bottom):
-        w = float(top[0].flat_diff[0])
-        for i, sign in ((0, 1.0), (1, -1.0)):
-            if propagate_down[i]:
-                scaled_sign(self.diff, sign * w / self.num, bottom[i].flat_diff)
-
-
-@register("HingeLoss")
-class HingeLossLayer(LossLayer):
-    """One-vs-all hinge loss of N x D scores against N class labels.
-
-    With d_nk = -1 if k == label_n else +1 and m_nk = max(0, 1 + d_nk x_nk):
-    L1 (default): loss = sum m / N,    dx = d * sign(m) w / N;
-    L2:           loss = sum m^2 / N,  dx = 2 d m w / N.
-    """
-
-    def LayerSetUp(self, bottom, top):
-        self.squared = self.layer_param.hinge_loss_param.norm == caffe_pb2.HingeLossParameter.L2
-        self.margins = np.zeros(0, dtype=np.float32)
-
-    def Reshape(self, bottom, top):
-        super().Reshape(bottom, top)
-        self.num = bottom[0].shape[0] if bottom[0].num_axes else 1
-        self.dim = bottom[0].count // max(self.num, 1)
-        if bottom[1].count != self.num:
-            raise self.shape_error(f"needs one label per example: {self.num} for scores of shape "
-                                   f"{bottom[0].shape}, got labels of shape {bottom[1].shape}")
-        if self.margins.size != bottom[0].count:
-            self.margins = np.zeros(bottom[0].count, dtype=np.float32)
-
-    def Forward_cpu(self, bottom, top):
-        total, bad = hinge_forward(bottom[0].flat_data, bottom[1].flat_data, self.margins, self.num, self.dim,
-                                   self.squared)
-        if bad >= 0:
-            raise _bad_label(self, bottom[1], bad, self.dim)
-        top[0].data[...] = total / self.num
-
-    def Backward_cpu(self, top, propagate_down, bottom):
-        _check_no_label_gradient(self, propagate_down, [1])
-        if propagate_down[0]:
-            scale = float(top[0].flat_diff[0]) / self.num
-            hinge_backward(self.margins, bottom[1].flat_data, bottom[0].flat_diff, self.num, self.dim,
-                           self.squared, scale)
 
 
 @register("MultinomialLogisticLoss")
@@ -566,11 +384,11 @@ class MultinomialLogisticLossLayer(LossLayer):
         loss, bad = multinomial_logistic_forward(bottom[0].flat_data, bottom[1].flat_data, self.num,
                                                  self.dim, LOG_THRESHOLD)
         if bad >= 0:
-            raise _bad_label(self, bottom[1], bad, self.dim)
+            raise bad_label(self, bottom[1], bad, self.dim)
         top[0].data[...] = loss / self.num
 
     def Backward_cpu(self, top, propagate_down, bottom):
-        _check_no_label_gradient(self, propagate_down, [1])
+        check_no_label_gradient(self, propagate_down, [1])
         if propagate_down[0]:
             scale = -float(top[0].flat_diff[0]) / self.num
             multinomial_logistic_backward(bottom[0].flat_data, bottom[1].flat_data, bottom[0].flat_diff,
@@ -578,7 +396,7 @@ class MultinomialLogisticLossLayer(LossLayer):
 
 
 @register("InfogainLoss")
-class InfogainLossLayer(_IgnoreLabelMixin, LossLayer):
+class InfogainLossLayer(_SoftmaxLoss):
     """SoftmaxWithLoss generalised by an "information gain" matrix H (C x C).
 
     p = softmax(scores) along ``infogain_loss_param.axis``;
@@ -594,20 +412,16 @@ class InfogainLossLayer(_IgnoreLabelMixin, LossLayer):
     exact_num_bottom = None
     min_num_bottom = 2
     max_num_bottom = 3
-    exact_num_top = None
-    min_num_top = 1
-    max_num_top = 2
+    axis_field = "infogain_loss_param"
+    axis_name = "infogain axis"
 
     def LayerSetUp(self, bottom, top):
-        self._read_ignore_label()
+        super().LayerSetUp(bottom, top)
         lp = self.layer_param.loss_param
         if lp.HasField("normalize"):
             raise ConfigError(f"{self.describe()}: loss_param.normalize is deprecated and not accepted "
                               f"here; use loss_param.normalization")
         self.normalization = lp.normalization
-        self.geometry = SoftmaxGeometry()
-        self.prob = Blob()
-        self.normalizer = 1.0
         self.row_sums = np.zeros(0, dtype=np.float64)
         self.infogain = None
         if len(bottom) < 3:
@@ -628,12 +442,6 @@ class InfogainLossLayer(_IgnoreLabelMixin, LossLayer):
     def Reshape(self, bottom, top):
         super().Reshape(bottom, top)
         g = self.geometry
-        g.update(bottom[0], self.layer_param.infogain_loss_param.axis, self)
-        if g.outer * g.inner != bottom[1].count:
-            raise self.shape_error(
-                f"the number of labels must match the number of predictions: with infogain axis "
-                f"{g.axis} and scores of shape {bottom[0].shape} there must be {g.outer * g.inner} "
-                f"labels (values in 0..{g.channels - 1}), got {bottom[1].count} (shape {bottom[1].shape})")
         H = self._matrix(bottom)
         if H.size != g.channels * g.channels:
             raise self.shape_error(f"the infogain matrix H must be {g.channels} x {g.channels} "
@@ -642,10 +450,6 @@ class InfogainLossLayer(_IgnoreLabelMixin, LossLayer):
             self.row_sums = np.zeros(g.channels, dtype=np.float64)
         if len(bottom) < 3:
             infogain_row_sums(H, g.channels, self.row_sums)   # fixed H: sum its rows once
-        self.prob.reshape(bottom[0].shape)
-        if len(top) >= 2:
-            top[1].reshape(bottom[0].shape)
-            top[1].share_data(self.prob)
 
     def Forward_cpu(self, bottom, top):
         g = self.geometry
@@ -653,13 +457,10 @@ class InfogainLossLayer(_IgnoreLabelMixin, LossLayer):
         loss, count, bad = infogain_forward(self.prob.flat_data, bottom[1].flat_data, self._matrix(bottom),
                                             g.outer, g.channels, g.inner, self.has_ignore, self.ignore_label,
                                             LOG_THRESHOLD)
-        if bad >= 0:
-            raise _bad_label(self, bottom[1], bad, g.channels, self._ignore_or_none)
-        self.normalizer = get_normalizer(self.normalization, g.outer, g.inner, count)
-        top[0].data[...] = loss / self.normalizer
+        self._set_loss(bottom, top, loss, count, bad)
 
     def Backward_cpu(self, top, propagate_down, bottom):
-        _check_no_label_gradient(self, propagate_down, [1, 2])
+        check_no_label_gradient(self, propagate_down, [1, 2])
         if propagate_down[0]:
             g = self.geometry
             H = self._matrix(bottom)
@@ -671,54 +472,3 @@ class InfogainLossLayer(_IgnoreLabelMixin, LossLayer):
 
     def allow_force_backward(self, bottom_index):
         return bottom_index == 0
-
-
-@register("ContrastiveLoss")
-class ContrastiveLossLayer(LossLayer):
-    """Siamese loss of feature pairs (a_n, b_n), N x C each, with similarity labels y_n.
-
-    d_n = ||a_n - b_n||; loss = sum_n [y_n d_n^2 + (1 - y_n) max(margin - d_n, 0)^2] / 2N,
-    or with ``legacy_version`` (1 - y_n) max(margin - d_n^2, 0).  Gradients as Caffe:
-    da = -db = (a - b) w / N for similar pairs; for dissimilar ones inside the margin
-    -(a - b) w / N (legacy) or -(margin - d) / (d + 1e-4) (a - b) w / N.
-    """
-
-    exact_num_bottom = 3
-
-    def LayerSetUp(self, bottom, top):
-        p = self.layer_param.contrastive_loss_param
-        self.margin = float(p.margin)
-        self.legacy = bool(p.legacy_version)
-        self.diff = np.zeros(0, dtype=np.float32)
-        self.dist_sq = np.zeros(0, dtype=np.float64)
-
-    def Reshape(self, bottom, top):
-        super().Reshape(bottom, top)
-        a, b, y = bottom
-        if a.shape != b.shape or a.count_range(2) != 1:
-            raise self.shape_error(f"the two feature inputs must both be N x C (x 1 x 1); got {a.shape} "
-                                   f"and {b.shape}")
-        self.num = a.shape[0] if a.num_axes else 1
-        self.channels = a.count // max(self.num, 1)
-        if y.count != self.num:
-            raise self.shape_error(f"needs one similarity label per pair ({self.num}), got shape {y.shape}")
-        if self.diff.size != a.count:
-            self.diff = np.zeros(a.count, dtype=np.float32)
-        if self.dist_sq.size != self.num:
-            self.dist_sq = np.zeros(self.num, dtype=np.float64)
-
-    def Forward_cpu(self, bottom, top):
-        loss = contrastive_forward(bottom[0].flat_data, bottom[1].flat_data, bottom[2].flat_data, self.diff,
-                                   self.dist_sq, self.num, self.channels, self.margin, self.legacy)
-        top[0].data[...] = loss / self.num / 2.0
-
-    def Backward_cpu(self, top, propagate_down, bottom):
-        _check_no_label_gradient(self, propagate_down, [2])
-        w = float(top[0].flat_diff[0])
-        for i, sign in ((0, 1.0), (1, -1.0)):
-            if propagate_down[i]:
-                contrastive_backward(self.diff, self.dist_sq, bottom[2].flat_data, bottom[i].flat_diff,
-                                     self.num, self.channels, self.margin, self.legacy, sign * w / self.num)
-
-    def allow_force_backward(self, bottom_index):
-        return bottom_index != 2
