@@ -43,9 +43,16 @@ def axpy(alpha, x, y):
 
 @njit(cache=True)
 def scale_into(alpha, x, y):
-    """y = alpha * x."""
+    """y = alpha * x (y may be x)."""
     for i in range(y.size):
         y[i] = alpha * x[i]
+
+
+@njit(cache=True)
+def add_into(dst, src):
+    """dst += src, elementwise."""
+    for i in range(dst.size):
+        dst[i] += src[i]
 
 
 @njit(cache=True)

@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import Layer, register
+from numcaffe.layers.elementwise import add_into
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError, NumcaffeError
 from numcaffe.net.filler import fill
@@ -43,13 +44,6 @@ def sum_rows_into(dy, rows, cols, db):
         base = m * cols
         for n in range(cols):
             db[n] += dy[base + n]
-
-
-@njit(cache=True)
-def add_into(dst, src):
-    """dst += src, elementwise."""
-    for i in range(dst.size):
-        dst[i] += src[i]
 
 
 @njit(cache=True)

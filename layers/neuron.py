@@ -44,6 +44,7 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import NeuronLayer, register
+from numcaffe.layers.elementwise import scale_into
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.filler import fill
@@ -305,13 +306,6 @@ def dropout_backward(mask, dy, dx, scale):
     """dx = dy * mask * scale."""
     for i in range(dy.size):
         dx[i] = dy[i] * scale if mask[i] != 0.0 else 0.0
-
-
-@njit(cache=True)
-def scale_into(x, y, a):
-    """y = a * x."""
-    for i in range(x.size):
-        y[i] = a * x[i]
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -674,10 +668,10 @@ class DropoutLayer(ElementwiseLayer):
             self.random.random(dtype=np.float32, out=mask)
             dropout_forward(x, y, mask, 1.0 - self.ratio, self.train_scale)
         elif self.test_scale != 1.0 or not np.may_share_memory(x, y):
-            scale_into(x, y, self.test_scale)
+            scale_into(self.test_scale, x, y)
 
     def backward(self, x, dy, dx):
         if self.phase == caffe_pb2.TRAIN:
             dropout_backward(self._mask.get(dy.size), dy, dx, self.train_scale)
         elif self.test_scale != 1.0 or not np.may_share_memory(dx, dy):
-            scale_into(dy, dx, self.test_scale)
+            scale_into(self.test_scale, dy, dx)

@@ -17,14 +17,8 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import Layer, register
+from numcaffe.layers.elementwise import add_into
 from numcaffe.net.errors import ConfigError, ShapeError
-
-
-@njit(cache=True)
-def sum_into(dst, src):
-    """dst += src, elementwise."""
-    for i in range(dst.size):
-        dst[i] += src[i]
 
 
 @njit(cache=True)
@@ -86,7 +80,7 @@ class SplitLayer(Layer):
         dx = bottom[0].flat_diff
         dx[...] = top[0].flat_diff
         for t in top[1:]:
-            sum_into(dx, t.flat_diff)
+            add_into(dx, t.flat_diff)
 
 
 @register("Concat")
