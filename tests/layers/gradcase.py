@@ -16,6 +16,14 @@ from numcaffe.net.blob import Blob
 from numcaffe.net.proto import caffe_pb2
 
 
+def blob(array):
+    """A Blob holding ``array`` (as float32)."""
+    array = np.asarray(array, dtype=np.float32)
+    b = Blob(array.shape)
+    b.data[...] = array
+    return b
+
+
 def gaussian(shape, scale=1.0):
     return lambda rs: rs.standard_normal(shape) * scale
 
@@ -85,12 +93,7 @@ class GradCase:
     def build(self):
         """(layer, bottom blobs, top blobs), bottoms filled from the generators."""
         rs = np.random.RandomState(self.seed)
-        bottom = []
-        for gen in self.bottoms:
-            arr = np.asarray(gen(rs), dtype=np.float32)
-            b = Blob(arr.shape)
-            b.data[...] = arr
-            bottom.append(b)
+        bottom = [blob(gen(rs)) for gen in self.bottoms]
         top = [Blob() for _ in range(self.num_top)]
         layer = create_layer(self.make_param())
         from numcaffe.net.random import set_random_seed

@@ -10,6 +10,7 @@ from numcaffe.net.errors import ConfigError, NumcaffeError, ShapeError
 from numcaffe.net.net import TEST, TRAIN, Net
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.net.random import set_random_seed
+from tests.layers.gradcase import blob
 
 
 def make(text, phase=TRAIN):
@@ -19,13 +20,6 @@ def make(text, phase=TRAIN):
     param.phase = phase
     set_random_seed(3)
     return create_layer(param)
-
-
-def blob(arr):
-    arr = np.asarray(arr, dtype=np.float32)
-    b = Blob(arr.shape)
-    b.data[...] = arr
-    return b
 
 
 def setup(layer, *arrays, top=None):

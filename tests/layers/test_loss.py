@@ -11,6 +11,7 @@ from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError, ModelFileError, NumcaffeError, ShapeError
 from numcaffe.net.proto import caffe_pb2
 from tests.layers.cases_loss import infogain_value, np_softmax, softmax_loss_value
+from tests.layers.gradcase import blob
 
 Norm = caffe_pb2.LossParameter
 FLT_MIN = float(np.finfo(np.float32).tiny)
@@ -22,12 +23,7 @@ def make(text, *arrays, num_top=1):
     text_format.Parse(text, param)
     param.name = param.name or "loss"
     layer = create_layer(param)
-    bottom = []
-    for a in arrays:
-        a = np.asarray(a, dtype=np.float32)
-        b = Blob(a.shape)
-        b.data[...] = a
-        bottom.append(b)
+    bottom = [blob(a) for a in arrays]
     top = [Blob() for _ in range(num_top)]
     layer.SetUp(bottom, top)
     layer.Forward(bottom, top)

@@ -10,6 +10,7 @@ from numcaffe.net.net import TEST, TRAIN, Net
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.net.random import set_random_seed
 from tests.layers.cases_neuron import CASES
+from tests.layers.gradcase import blob
 
 
 def make_layer(text, phase=TRAIN, seed=5):
@@ -21,12 +22,6 @@ def make_layer(text, phase=TRAIN, seed=5):
     return create_layer(param)
 
 
-def blob_of(array):
-    b = Blob(array.shape)
-    b.data[...] = array
-    return b
-
-
 IN_PLACE = [pytest.param(t, c, id=f"{t}-{c.id or i}") for t, items in sorted(CASES.items())
             for i, c in enumerate(items)]
 
@@ -34,7 +29,7 @@ IN_PLACE = [pytest.param(t, c, id=f"{t}-{c.id or i}") for t, items in sorted(CAS
 def _run(case, x, dys, in_place):
     """Forward/backward ``len(dys)`` times on copies of x; returns tops, bottom diffs and param diffs."""
     layer, _, _ = case.build()
-    bottom = blob_of(x)
+    bottom = blob(x)
     top = bottom if in_place else Blob()
     layer.SetUp([bottom], [top])
     tops, dxs, dps = [], [], []
@@ -127,7 +122,7 @@ def test_backward_survives_a_later_in_place_layer(first, second):
 def _dropout(text, shape=(200, 100), phase=TRAIN, in_place=False, seed=5):
     layer = make_layer(text, phase, seed)
     x = np.random.RandomState(1).uniform(0.5, 1.5, shape).astype(np.float32)
-    b = blob_of(x)
+    b = blob(x)
     t = b if in_place else Blob()
     layer.SetUp([b], [t])
     return layer, x, b, t
@@ -221,7 +216,7 @@ def test_prelu_default_slopes_and_shapes():
 def test_prelu_slope_gradient_sums_over_batch_and_space():
     layer = make_layer('type: "PReLU"')
     x = np.array([[[-1.0, 2.0], [3.0, -4.0]], [[-0.5, -1.0], [0.0, 1.0]]], dtype=np.float32)  # (2, 2, 2)
-    b, t = blob_of(x), Blob()
+    b, t = blob(x), Blob()
     layer.SetUp([b], [t])
     layer.Forward([b], [t])
     np.testing.assert_allclose(t.data, np.where(x > 0, x, 0.25 * x))
@@ -242,7 +237,7 @@ def test_prelu_loads_caffe_shaped_blobs():
 
 def test_prelu_param_propagate_down_false_leaves_slope_diff():
     layer = make_layer('type: "PReLU"')
-    b, t = blob_of(np.full((2, 3), -1.0, np.float32)), Blob()
+    b, t = blob(np.full((2, 3), -1.0, np.float32)), Blob()
     layer.SetUp([b], [t])
     layer.param_propagate_down = [False]
     layer.Forward([b], [t])
@@ -296,7 +291,7 @@ def test_threshold_takes_no_forced_gradient():
 def test_clip_passes_the_gradient_at_its_bounds():
     layer = make_layer('type: "Clip" clip_param { min: -1 max: 1 }')
     x = np.array([-2.0, -1.0, 0.0, 1.0, 2.0], dtype=np.float32)
-    b, t = blob_of(x), Blob()
+    b, t = blob(x), Blob()
     layer.SetUp([b], [t])
     layer.Forward([b], [t])
     np.testing.assert_array_equal(t.data, [-1, -1, 0, 1, 1])
@@ -310,7 +305,7 @@ def test_relu_and_absval_at_zero_follow_caffe():
     for text, expected in (('type: "ReLU" relu_param { negative_slope: 0.5 }', [1.5, 1.5, 3.0]),
                            ('type: "AbsVal"', [-3.0, 0.0, 3.0])):
         layer = make_layer(text)
-        b, t = blob_of(x), Blob()
+        b, t = blob(x), Blob()
         layer.SetUp([b], [t])
         layer.Forward([b], [t])
         t.diff[...] = 3.0
@@ -320,7 +315,7 @@ def test_relu_and_absval_at_zero_follow_caffe():
 
 def test_power_with_zero_scale_is_constant_with_zero_gradient():
     layer = make_layer('type: "Power" power_param { power: 2 scale: 0 shift: 3 }')
-    b, t = blob_of(np.array([np.inf, -1.0, 5.0], np.float32)), Blob()
+    b, t = blob(np.array([np.inf, -1.0, 5.0], np.float32)), Blob()
     layer.SetUp([b], [t])
     layer.Forward([b], [t])
     np.testing.assert_array_equal(t.data, 9.0)
@@ -333,7 +328,7 @@ def test_sigmoid_and_bnll_do_not_overflow():
     x = np.array([-1000.0, -60.0, 0.0, 60.0, 1000.0], dtype=np.float32)
     for text in ('type: "Sigmoid"', 'type: "BNLL"', 'type: "Swish"', 'type: "TanH"'):
         layer = make_layer(text)
-        b, t = blob_of(x), Blob()
+        b, t = blob(x), Blob()
         layer.SetUp([b], [t])
         layer.Forward([b], [t])
         t.diff[...] = 1.0

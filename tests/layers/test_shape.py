@@ -9,6 +9,7 @@ from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError, NumcaffeError, ShapeError
 from numcaffe.net.net import TRAIN, Net
 from numcaffe.net.proto import caffe_pb2
+from tests.layers.gradcase import blob
 
 rs = np.random.RandomState(0)
 
@@ -19,13 +20,6 @@ def make(text):
     param.name = param.name or "layer"
     param.phase = TRAIN
     return create_layer(param)
-
-
-def blob(arr):
-    arr = np.asarray(arr, dtype=np.float32)
-    b = Blob(arr.shape)
-    b.data[...] = arr
-    return b
 
 
 def setup(text, *arrays, num_top=1):
