@@ -9,7 +9,6 @@ has a time limit) or a huge allocation: the address space is limited while the
 fuzzer runs and the blob size cap is lowered, so any allocation that a hostile
 shape can drive past the cap shows up as a MemoryError, which fails the test.
 """
-import os
 import random
 import resource
 import signal
@@ -163,9 +162,14 @@ def _outcome(fn):
         signal.alarm(0)
 
 
+def _as_bytes(data):
+    """A case's file content: mutated bytes as they are, mutated text (lone surrogates and all) in UTF-8."""
+    return data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+
+
 def _save_failure(tmp_path, name, data, exc):
     keep = tmp_path / f"failing_{name}"
-    keep.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))
+    keep.write_bytes(_as_bytes(data))
     return AssertionError(f"fuzz case {keep} raised {type(exc).__name__}: {exc}")
 
 
@@ -198,10 +202,7 @@ def test_fuzz_loaders(tmp_path):
     with _guarded():
         for name, data in cases:
             path = tmp_path / name
-            if isinstance(data, bytes):
-                path.write_bytes(data)
-            else:
-                path.write_text(data, encoding="utf-8", errors="surrogatepass")
+            path.write_bytes(_as_bytes(data))
             kind = caffe_pb2.SolverParameter if "solver" in name else \
                 caffe_pb2.SolverState if name.endswith(".solverstate") else caffe_pb2.NetParameter
 
@@ -238,10 +239,7 @@ def test_fuzz_command_line(tmp_path, capsys, monkeypatch):
     with _guarded():
         for name, data in cases:
             path = tmp_path / name
-            if isinstance(data, bytes):
-                path.write_bytes(data)
-            else:
-                path.write_text(data, encoding="utf-8", errors="surrogatepass")
+            path.write_bytes(_as_bytes(data))
             commands = [["convert", name, "out.yaml"], ["convert", name, "out.pb"]]
             if "solver" not in name:
                 commands.append(["draw", name, "out.dot"])
