@@ -280,6 +280,88 @@ def bias_grad(dy, N, R, Q, bias_diff):
         bias_diff[r] += s
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
+def to_cols(src, N, R, Q, dst, bias_diff, with_bias):
+    """dst[n, q, r] = src[n, r, q] (NCHW -> NHWC);  bias_diff[r] += sum over n, q (if with_bias)."""
+    for n in range(N):
+        base = _u(n * R * Q)
+        for r in range(R):
+            a = base + _u(r * Q)
+            b = base + _u(r)
+            s = np.float32(0.0)
+            for q in range(_u(Q)):
+                v = src[a + q]
+                dst[b + q * _u(R)] = v
+                s += v
+            if with_bias:
+                bias_diff[r] += s
+
+
+@njit(cache=True, nogil=True)
+def from_cols(src, N, R, Q, bias, with_bias, dst):
+    """dst[n, r, q] = src[n, q, r] (NHWC -> NCHW) (+ bias[r] if with_bias)."""
+    for n in range(N):
+        base = _u(n * R * Q)
+        for r in range(R):
+            a = base + _u(r)
+            b = base + _u(r * Q)
+            off = bias[r] if with_bias else np.float32(0.0)
+            for q in range(_u(Q)):
+                dst[b + q] = src[a + q * _u(R)] + off
+
+
+@njit(cache=True, nogil=True)
+def im2col_nhwc(img, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col):
+    """col[n, oh, ow, i, j, c] = img[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c] of an NHWC image
+    (0 outside): one column row per output position, taps outer and channels inner, so for
+    dilation 1 each kernel row is one run of kw * C pixels."""
+    K = kh * kw * C
+    for n in range(N):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                d0 = ((n * Ho + oh) * Wo + ow) * K
+                w0 = ow * sw - pw
+                jlo, jhi = _valid_range(kw, dw, w0, W)
+                for i in range(kh):
+                    h = oh * sh - ph + i * dh
+                    d = d0 + i * kw * C
+                    if h < 0 or h >= H:
+                        _zero(col, d, kw * C)
+                        continue
+                    s = ((n * H + h) * W + w0) * C
+                    _zero(col, d, jlo * C)
+                    if dw == 1:
+                        _copy(col, d + jlo * C, img, s + jlo * C, (jhi - jlo) * C, 1)
+                    else:
+                        for j in range(jlo, jhi):
+                            _copy(col, d + j * C, img, s + j * dw * C, C, 1)
+                    _zero(col, d + jhi * C, (kw - jhi) * C)
+
+
+@njit(cache=True, nogil=True)
+def col2im_nhwc(col, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img):
+    """The NHWC image (overwritten) = sum of the column entries im2col_nhwc copied from each pixel."""
+    K = kh * kw * C
+    _zero(img, 0, N * H * W * C)
+    for n in range(N):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                s0 = ((n * Ho + oh) * Wo + ow) * K
+                w0 = ow * sw - pw
+                jlo, jhi = _valid_range(kw, dw, w0, W)
+                for i in range(kh):
+                    h = oh * sh - ph + i * dh
+                    if h < 0 or h >= H:
+                        continue
+                    d = ((n * H + h) * W + w0) * C
+                    s = s0 + i * kw * C
+                    if dw == 1:
+                        _add_to(img, d + jlo * C, 1, col, s + jlo * C, (jhi - jlo) * C)
+                    else:
+                        for j in range(jlo, jhi):
+                            _add_to(img, d + j * dw * C, 1, col, s + j * C, C)
+
+
 @njit(cache=True, nogil=True)
 def depthwise_forward(x, N, C, H, W, w, M, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, bias, with_bias, y):
     """y[n, m, oh, ow] = b[m] + sum_ij w[m, i, j] x[n, m // (M/C), oh*sh - ph + i*dh, ow*sw - pw + j*dw]."""
@@ -680,11 +762,31 @@ class ConvolutionLayer(BaseConvolutionLayer):
 
     def setup_geometry(self, in_spatial, out_spatial):
         super().setup_geometry(in_spatial, out_spatial)
+        self.per_image = self.nhwc = False
         if not self.depthwise:
             # Many output positions per image: one GEMM per image (numpy's stacked matmul) straight
             # into NCHW.  Few: one GEMM for the whole chunk in the (rows, N*P) layout.
             self.per_image = self.geo.P >= PER_IMAGE_MIN_P
+            # Few positions, two axes, one group: NHWC columns, one (N*P, K) matrix, whose three
+            # GEMMs OpenBLAS runs faster and whose im2col copies runs of kw * C pixels.
+            self.nhwc = not self.per_image and self.geo.two_d and self.group == 1
         self._cached = False
+
+    def _nhwc_columns(self, x, n0, n):
+        """The (n * P, K) columns of images n0 .. n0+n, rows (oh, ow), columns (i, j, c)."""
+        geo = self.geo
+        xh = self.buffers.get("nhwc", n * geo.image_size)
+        to_cols(x[n0 * geo.image_size:(n0 + n) * geo.image_size], n, geo.C, geo.isize, xh, _NO_BIAS, False)
+        col = self.buffers.get("col", geo.rows * self.chunk * geo.P)[:geo.rows * n * geo.P]
+        im2col_nhwc(xh, n, geo.C, *geo.args_2d, col)
+        return col.reshape(n * geo.P, geo.rows)
+
+    def _nhwc_weights(self):
+        """The weights (M, C, taps) reordered to the NHWC columns' (M, taps, C)."""
+        M, C = self.num_output, self.channels
+        Wp = self.buffers.get("w_nhwc", self.blobs[0].count).reshape(M, -1, C)
+        np.copyto(Wp, self.blobs[0].data.reshape(M, C, -1).transpose(0, 2, 1))
+        return Wp.reshape(M, -1)
 
     def _columns(self, x, n0, n, col):
         """The columns of images n0 .. n0+n: (n, K, P) per image, or (K, n*P) batched."""
@@ -711,6 +813,15 @@ class ConvolutionLayer(BaseConvolutionLayer):
             return
         geo = self.geo
         G, M, K, P = self.group, self.num_output, geo.rows, geo.P
+        if self.nhwc:
+            Wp = self._nhwc_weights()
+            for b, t in zip(bottom, top):
+                for n0, n in self._chunks():
+                    out = self.buffers.get("rows", n * P * M).reshape(n * P, M)
+                    np.matmul(self._nhwc_columns(b.flat_data, n0, n), Wp.T, out=out)
+                    from_cols(out.reshape(-1), n, M, P, bias, self.bias_term, t.flat_data[n0 * M * P:(n0 + n) * M * P])
+            self._cached = len(bottom) == 1 and self.chunk >= self.num
+            return
         Mg, Kg = M // G, K // G
         Wg = self.blobs[0].flat_data.reshape(G, Mg, Kg)
         col_buf = self.buffers.get("col", K * self.chunk * P)
@@ -753,6 +864,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
             return
         geo = self.geo
         G, M, K, P = self.group, self.num_output, geo.rows, geo.P
+        if self.nhwc:
+            return self._backward_nhwc(top, propagate_down, bottom, want_w, want_b, db)
         Mg, Kg = M // G, K // G
         WgT = self.blobs[0].flat_data.reshape(G, Mg, Kg).transpose(0, 2, 1)
         dW = self.blobs[0].flat_diff
@@ -798,6 +911,36 @@ class ConvolutionLayer(BaseConvolutionLayer):
                         _gemm(WgT, rows_g, col.reshape(G, Kg, n * P))
                         self._cached = False
                         geo.from_columns(col, n, dxs)
+            self._cached = False
+
+    def _backward_nhwc(self, top, propagate_down, bottom, want_w, want_b, db):
+        geo = self.geo
+        M, K, P, C = self.num_output, geo.rows, geo.P, geo.C
+        Wp = self._nhwc_weights()
+        dW = self.blobs[0].diff.reshape(M, C, -1)
+        dWp = self.buffers.get("dW", M * K).reshape(M, K)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            dy, x, dx = t.flat_diff, b.flat_data, b.flat_diff
+            if not (want_w or propagate_down[i]):
+                if want_b:
+                    bias_grad(dy, self.num, M, P, db)
+                continue
+            for n0, n in self._chunks():
+                dyT = self.buffers.get("rows", n * P * M)
+                to_cols(dy[n0 * M * P:(n0 + n) * M * P], n, M, P, dyT, db, want_b)
+                dyT = dyT.reshape(n * P, M)
+                col = self.buffers.get("col", K * self.chunk * P)[:K * n * P].reshape(n * P, K)
+                if want_w:
+                    if not self._cached:
+                        col = self._nhwc_columns(x, n0, n)
+                    np.matmul(dyT.T, col, out=dWp)
+                    dW += dWp.reshape(M, -1, C).transpose(0, 2, 1)
+                if propagate_down[i]:
+                    np.matmul(dyT, Wp, out=col)
+                    self._cached = False
+                    xh = self.buffers.get("nhwc", n * geo.image_size)
+                    col2im_nhwc(col.reshape(-1), n, C, *geo.args_2d, xh)
+                    from_cols(xh, n, C, geo.isize, _NO_BIAS, False, dx[n0 * geo.image_size:(n0 + n) * geo.image_size])
             self._cached = False
 
     def _weight_grad_per_image(self, dy4, col4, out):

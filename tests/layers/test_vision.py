@@ -145,6 +145,97 @@ def test_depthwise_paths_match_the_oracle_at_a_larger_size(stride, pad, dilation
     np.testing.assert_allclose(layer.blobs[0].diff, dw, rtol=1e-4, atol=1e-3)
 
 
+GEOMETRIES_2D = [  # (H, W), kernel, stride, pad, dilation
+    ((7, 6), [3, 3], [1, 1], [0, 0], [1, 1]),
+    ((7, 6), [3, 2], [1, 1], [1, 2], [1, 1]),      # padding wider than some windows' overlap
+    ((9, 8), [3, 3], [2, 3], [1, 0], [1, 1]),      # strided
+    ((9, 8), [2, 3], [1, 2], [2, 1], [2, 3]),      # dilated, padded, strided
+    ((4, 4), [5, 5], [2, 2], [0, 0], [1, 1]),      # window runs past the image (C's truncation)
+    ((5, 6), [1, 1], [1, 1], [0, 0], [1, 1]),
+]
+
+
+def _out_size(n, k, s, p, d):
+    return (n + 2 * p - (d * (k - 1) + 1)) // s + 1
+
+
+@pytest.mark.parametrize("ishape,kernel,stride,pad,dilation", GEOMETRIES_2D)
+def test_2d_im2col_and_col2im_match_the_table_kernels(ishape, kernel, stride, pad, dilation):
+    from numcaffe.layers.conv import _Im2col
+    oshape = [max(1, _out_size(*a)) for a in zip(ishape, kernel, stride, pad, dilation)]
+    N, C = 3, 2
+    two_d = _Im2col(C, list(ishape), oshape, kernel, stride, pad, dilation)
+    table = _Im2col(C, list(ishape), oshape, kernel, stride, pad, dilation, nd=True)
+    assert two_d.two_d and not table.two_d
+    K, P = two_d.rows, two_d.P
+    rs = np.random.RandomState(0)
+    x = rs.standard_normal(N * two_d.image_size).astype(np.float32)
+    col = rs.standard_normal(K * N * P).astype(np.float32)
+    for strides in ((P, K * P), (N * P, P)):  # per-image (N, K, P) and batched (K, N * P) layouts
+        a, b = np.full(K * N * P, np.nan, np.float32), np.full(K * N * P, np.nan, np.float32)
+        two_d.im2col(x, N, a, *strides)
+        table.im2col(x, N, b, *strides)
+        np.testing.assert_array_equal(a, b)
+        da, db = np.full_like(x, np.nan), np.full_like(x, np.nan)
+        two_d.col2im(col, *strides, N, da)
+        table.col2im(col, *strides, N, db)
+        np.testing.assert_allclose(da, db, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("ishape,kernel,stride,pad,dilation", GEOMETRIES_2D)
+def test_nhwc_columns_are_the_row_columns_reordered(ishape, kernel, stride, pad, dilation):
+    from numcaffe.layers.conv import _Im2col, col2im_nhwc, from_cols, im2col_nhwc, to_cols
+    oshape = [max(1, _out_size(*a)) for a in zip(ishape, kernel, stride, pad, dilation)]
+    N, C = 3, 2
+    geo = _Im2col(C, list(ishape), oshape, kernel, stride, pad, dilation)
+    K, P, S = geo.rows, geo.P, geo.isize
+    rs = np.random.RandomState(1)
+    x = rs.standard_normal(N * geo.image_size).astype(np.float32)
+    rows = np.empty(K * N * P, np.float32)
+    geo.im2col(x, N, rows, N * P, P)
+    xh, db = np.empty_like(x), np.zeros(C, np.float32)
+    to_cols(x, N, C, S, xh, db, True)
+    np.testing.assert_array_equal(xh.reshape(N, S, C), x.reshape(N, C, S).transpose(0, 2, 1))
+    np.testing.assert_allclose(db, x.reshape(N, C, S).sum(axis=(0, 2)), rtol=1e-5)
+    col = np.full(K * N * P, np.nan, np.float32)
+    im2col_nhwc(xh, N, C, *geo.args_2d, col)
+    KK = K // C
+    np.testing.assert_array_equal(col.reshape(N * P, KK, C), rows.reshape(C, KK, N * P).transpose(2, 1, 0))
+    # col2im: the NHWC scatter, back in NCHW, equals the row layout's col2im of the same numbers.
+    g = rs.standard_normal(K * N * P).astype(np.float32)
+    dxh, dx = np.full_like(x, np.nan), np.empty_like(x)
+    col2im_nhwc(g, N, C, *geo.args_2d, dxh)
+    from_cols(dxh, N, C, S, np.zeros(C, np.float32), False, dx)
+    ref = np.empty_like(x)
+    geo.col2im(np.ascontiguousarray(g.reshape(N * P, KK, C).transpose(2, 1, 0)).ravel(), N * P, P, N, ref)
+    np.testing.assert_allclose(dx, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("params", ["kernel_size: 5", "kernel_size: 3 pad: 1 stride: 2",
+                                    "kernel_h: 3 kernel_w: 2 pad: 1 dilation: 2"])
+def test_nhwc_path_matches_the_oracle_and_the_row_path(params):
+    fill = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
+    layer, bottom, top = make(f'type: "Convolution" convolution_param {{ num_output: 6 {params} {fill} }}',
+                              (4, 3, 12, 11))
+    assert layer.nhwc
+    layer.Forward(bottom, top)
+    p = layer
+    ref = conv_ref(bottom[0].data, layer.blobs[0].data, layer.blobs[1].data, p.stride, p.pad, p.dilation, 1)
+    np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)
+    rs = np.random.RandomState(2)
+    top[0].diff[...] = rs.standard_normal(top[0].shape)
+    results = []
+    for nhwc in (True, False):  # the same layer with the NHWC columns switched off
+        layer.nhwc = nhwc
+        layer.Forward(bottom, top)
+        layer.blobs[0].diff[...] = 0
+        layer.blobs[1].diff[...] = 0
+        layer.Backward(top, [True], bottom)
+        results.append([bottom[0].diff.copy(), layer.blobs[0].diff.copy(), layer.blobs[1].diff.copy()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape", [(3, 2, 4, 4), (3, 2, 16, 16)])  # one GEMM per chunk; per image
 def test_chunked_batches_give_the_same_result(monkeypatch, shape):
     from numcaffe.layers import conv
