@@ -1,8 +1,9 @@
 """Losses of distances and margins: EuclideanLoss, L1Loss, HingeLoss, ContrastiveLoss.
 
-Each divides its sum by the batch size N (the first axis), with no
-``loss_param`` normalization, and multiplies its gradient by the loss weight
-that ``top[0].diff`` holds (see layers/loss.py).  Euclidean and L1 take a
+Each divides its sum by the batch size N (the first axis; Euclidean and
+Contrastive by 2N, as Caffe), with no ``loss_param`` normalization, and
+multiplies its gradient by the loss weight that ``top[0].diff`` holds (see
+layers/loss.py).  Euclidean and L1 take a
 gradient for both inputs; Hinge's labels and Contrastive's similarity labels
 take none.  Sums are accumulated in float64.
 """
