@@ -337,6 +337,16 @@ def _conv_bn(out, n, bottom, num, k, stride=1, pad=0, group=1, act=None, act_nam
         out.append(layer(act_name, "Clip", n, n, ("clip_param", [("min", 0), ("max", 6)])))
 
 
+def _mobilenet_classifier(out, bottom):
+    """Both MobileNets' head: global average pooling, a 1x1 convolution to 1000 classes, softmax."""
+    out.append(layer("pool6", "Pooling", bottom, "pool6", pool_param("AVE", global_pooling=True)))
+    out.append(layer("fc7", "Convolution", "pool6", "fc7",
+                     ("param", [("lr_mult", 1), ("decay_mult", 1)]), ("param", [("lr_mult", 2), ("decay_mult", 0)]),
+                     conv_param(1000, 1, fillers=(("weight_filler", [("type", "msra")]),
+                                                  ("bias_filler", [("type", "constant"), ("value", 0)])))))
+    out.append(layer("prob", "Softmax", "fc7", "prob"))
+
+
 #: MobileNet v1: (name, depthwise stride, pointwise outputs) of the 13 separable blocks.
 MOBILENET_V1 = [("conv2_1", 1, 64), ("conv2_2", 2, 128), ("conv3_1", 1, 128), ("conv3_2", 2, 256),
                 ("conv4_1", 1, 256), ("conv4_2", 2, 512), ("conv5_1", 1, 512), ("conv5_2", 1, 512),
@@ -355,12 +365,7 @@ def mobilenet_v1():
                  act="relu", act_name=f"relu{tag}/dw")
         _conv_bn(out, f"{name}/sep", f"{name}/dw", num, 1, act="relu", act_name=f"relu{tag}/sep")
         bottom, channels = f"{name}/sep", num
-    out.append(layer("pool6", "Pooling", bottom, "pool6", pool_param("AVE", global_pooling=True)))
-    out.append(layer("fc7", "Convolution", "pool6", "fc7",
-                     ("param", [("lr_mult", 1), ("decay_mult", 1)]), ("param", [("lr_mult", 2), ("decay_mult", 0)]),
-                     conv_param(1000, 1, fillers=(("weight_filler", [("type", "msra")]),
-                                                  ("bias_filler", [("type", "constant"), ("value", 0)])))))
-    out.append(layer("prob", "Softmax", "fc7", "prob"))
+    _mobilenet_classifier(out, bottom)
     return "".join(out)
 
 
@@ -400,12 +405,7 @@ def mobilenet_v2():
                 top = f"block_{tag}"
             bottom, channels = top, c
     _conv_bn(out, "conv6_4", bottom, 1280, 1, act="relu6", act_name="relu6_4")
-    out.append(layer("pool6", "Pooling", "conv6_4", "pool6", pool_param("AVE", global_pooling=True)))
-    out.append(layer("fc7", "Convolution", "pool6", "fc7",
-                     ("param", [("lr_mult", 1), ("decay_mult", 1)]), ("param", [("lr_mult", 2), ("decay_mult", 0)]),
-                     conv_param(1000, 1, fillers=(("weight_filler", [("type", "msra")]),
-                                                  ("bias_filler", [("type", "constant"), ("value", 0)])))))
-    out.append(layer("prob", "Softmax", "fc7", "prob"))
+    _mobilenet_classifier(out, "conv6_4")
     return "".join(out)
 
 
