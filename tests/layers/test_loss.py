@@ -240,6 +240,27 @@ def test_infogain_reads_H_from_binaryproto_beside_the_config(tmp_path):
     np.testing.assert_allclose(from_file, grad(l3, b3, t3)[0], rtol=1e-6)
 
 
+def test_infogain_source_is_opened_from_the_working_directory_first(tmp_path, monkeypatch):
+    """As Caffe: an H.binaryproto in the working directory wins over the one beside the config."""
+    rs = np.random.RandomState(6)
+    config_dir, cwd = tmp_path / "config", tmp_path / "cwd"
+    config_dir.mkdir()
+    cwd.mkdir()
+    H_beside, H_cwd = (rs.uniform(0, 1, (3, 3)).astype(np.float32) for _ in range(2))
+    _write_H(config_dir / "H.binaryproto", H_beside)
+    _write_H(cwd / "H.binaryproto", H_cwd)
+    monkeypatch.chdir(cwd)
+    scores, lab = rs.randn(4, 3), rs.randint(0, 3, 4)
+    param = caffe_pb2.LayerParameter()
+    text_format.Parse('name: "info" type: "InfogainLoss" infogain_loss_param { source: "H.binaryproto" }', param)
+    layer = create_layer(param)
+    layer.base_dir = str(config_dir)
+    bottom, top = [blob(scores), blob(lab)], [Blob()]
+    layer.SetUp(bottom, top)
+    layer.Forward(bottom, top)
+    np.testing.assert_allclose(top[0].data, infogain_value(scores, lab, H_cwd), rtol=1e-5)
+
+
 def test_infogain_with_identity_equals_softmax_with_loss():
     rs = np.random.RandomState(5)
     scores, lab = rs.randn(3, 2, 4), rs.randint(0, 2, (3, 4))
