@@ -24,22 +24,83 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import Layer, register
+from numcaffe.layers.depthwise import output_range
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.proto import caffe_pb2
 
 PP = caffe_pb2.PoolingParameter
-FLT_MAX = float(np.finfo(np.float32).max)
+NEG_FLT_MAX = np.float32(-np.finfo(np.float32).max)  # Caffe's initial maximum, float32 so compares stay float32
+
+
+# Kernels.  The 2x2 / stride 2 unpadded case (LeNet's, VGG's pools) has straight-line
+# fast paths whose inner loop runs over one output row and vectorises; elsewhere MAX
+# and AVE forward loop over each window clipped to the image, and AVE backward runs
+# row by row: for one output row, each window tap (i, j) is one pass over the outputs
+# whose tap lands inside the image (output_range), at stride sw in the input row.
+# Slices keep the indices non-negative loop counters, which is what lets LLVM
+# vectorise.  Windows are read in row-major order, so MAX's first maximum and AVE's
+# summation order are Caffe's.
+
+@njit(cache=True, nogil=True)
+def _tap_ranges(Wo, sw, pw, kw, W):
+    """(lo[j], hi[j]): the outputs ow whose column tap j falls inside the image."""
+    lo = np.empty(kw, np.int64)
+    hi = np.empty(kw, np.int64)
+    for j in range(kw):
+        lo[j], hi[j] = output_range(Wo, sw, j - pw, W)
+    return lo, hi
 
 
 @njit(cache=True, nogil=True)
-def max_pool_forward(x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, y, mask):
-    """y = max over the window clipped to the image; mask = flat index (h * W + w) of the first max."""
+def _window_columns(Wo, sw, pw, kw, W):
+    """[ws[ow], we[ow]): the columns of window ow clipped to the image."""
     ws = np.empty(Wo, np.int64)
     we = np.empty(Wo, np.int64)
     for ow in range(Wo):
         ws[ow] = max(ow * sw - pw, 0)
         we[ow] = min(ow * sw - pw + kw, W)
+    return ws, we
+
+
+@njit(cache=True, nogil=True)
+def _max_pool_2x2(x, planes, H, W, Ho, Wo, y, mask):
+    """MAX 2x2 / stride 2 without padding on even H, W: each window is (a b / c d)."""
+    for pl in range(planes):
+        for oh in range(Ho):
+            top = x[pl * H * W + 2 * oh * W:]
+            bot = top[W:]
+            o = (pl * Ho + oh) * Wo
+            yr = y[o:o + Wo]
+            mr = mask[o:o + Wo]
+            first = 2 * oh * W
+            for ow in range(Wo):
+                a, b, c, d = top[2 * ow], top[2 * ow + 1], bot[2 * ow], bot[2 * ow + 1]
+                k = first + 2 * ow
+                up = a > NEG_FLT_MAX                # first max of the top pair (or none) ...
+                m1 = a if up else NEG_FLT_MAX
+                i1 = k if up else -1
+                up = b > m1
+                m1 = b if up else m1
+                i1 = k + 1 if up else i1
+                up = c > NEG_FLT_MAX                # ... of the bottom pair ...
+                m2 = c if up else NEG_FLT_MAX
+                i2 = k + W if up else -1
+                up = d > m2
+                m2 = d if up else m2
+                i2 = k + W + 1 if up else i2
+                up = m2 > m1                        # ... and the bottom wins only if larger
+                yr[ow] = m2 if up else m1
+                mr[ow] = i2 if up else i1
+
+
+@njit(cache=True, nogil=True)
+def max_pool_forward(x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, y, mask):
+    """y = max over the window clipped to the image; mask = flat index (h * W + w) of the first max."""
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and H == 2 * Ho and W == 2 * Wo:
+        _max_pool_2x2(x, planes, H, W, Ho, Wo, y, mask)
+        return
+    ws, we = _window_columns(Wo, sw, pw, kw, W)
     for pl in range(planes):
         src = pl * H * W
         dst = pl * Ho * Wo
@@ -48,7 +109,7 @@ def max_pool_forward(x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, y, mask):
             he = min(hs + kh, H)
             hs = max(hs, 0)
             for ow in range(Wo):
-                best = -FLT_MAX
+                best = NEG_FLT_MAX
                 arg = -1
                 for h in range(hs, he):
                     row = h * W
@@ -75,48 +136,93 @@ def max_pool_backward(dy, mask, planes, HW, HoWo, dx):
                 dx[dst + a] += dy[src + k]
 
 
-@njit(cache=True)
-def _ave_window(o, s, p, k, n):
-    """(start, end, size) of an AVE window: size clipped to the padded input, range to the input."""
-    start = o * s - p
-    end = min(start + k, n + p)
-    size = end - start
-    return max(start, 0), min(end, n), size
+@njit(cache=True, nogil=True)
+def _ave_divisors(Wo, sw, pw, kw, W):
+    """Column factor of each output's AVE divisor: its window clipped to the padded image."""
+    div = np.empty(Wo, np.int64)
+    for ow in range(Wo):
+        start = ow * sw - pw
+        div[ow] = min(start + kw, W + pw) - start
+    return div
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
+def _ave_pool_2x2(x, planes, H, W, Ho, Wo, y):
+    """AVE 2x2 / stride 2 without padding on even H, W: ((a + b) + c) + d over 4, Caffe's order."""
+    for pl in range(planes):
+        for oh in range(Ho):
+            top = x[pl * H * W + 2 * oh * W:]
+            bot = top[W:]
+            o = (pl * Ho + oh) * Wo
+            yr = y[o:o + Wo]
+            for ow in range(Wo):
+                s = np.float32(0.0) + top[2 * ow]
+                yr[ow] = (((s + top[2 * ow + 1]) + bot[2 * ow]) + bot[2 * ow + 1]) / np.float32(4.0)
+
+
+@njit(cache=True, nogil=True)
 def ave_pool_forward(x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, y):
     """y = sum over the window clipped to the image / window size clipped to the padded image."""
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and H == 2 * Ho and W == 2 * Wo:
+        _ave_pool_2x2(x, planes, H, W, Ho, Wo, y)
+        return
+    ws, we = _window_columns(Wo, sw, pw, kw, W)
+    wdiv = _ave_divisors(Wo, sw, pw, kw, W)
     for pl in range(planes):
         src = pl * H * W
         dst = pl * Ho * Wo
         for oh in range(Ho):
-            hs, he, hsize = _ave_window(oh, sh, ph, kh, H)
+            hs = oh * sh - ph
+            hsize = min(hs + kh, H + ph) - hs
+            he = min(hs + kh, H)
+            hs = max(hs, 0)
             for ow in range(Wo):
-                ws, we, wsize = _ave_window(ow, sw, pw, kw, W)
                 s = np.float32(0.0)
                 for h in range(hs, he):
-                    for w in range(ws, we):
+                    for w in range(ws[ow], we[ow]):
                         s += x[src + h * W + w]
-                y[dst + oh * Wo + ow] = s / np.float32(hsize * wsize)
+                y[dst + oh * Wo + ow] = s / np.float32(hsize * wdiv[ow])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def ave_pool_backward(dy, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, dx):
     """dx = sum over the windows holding each input of dy / window size."""
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and H == 2 * Ho and W == 2 * Wo:
+        for pl in range(planes):          # windows tile the image: every input gets one dy / 4
+            for oh in range(Ho):
+                top = dx[pl * H * W + 2 * oh * W:]
+                bot = top[W:]
+                o = (pl * Ho + oh) * Wo
+                gr = dy[o:o + Wo]
+                for ow in range(Wo):
+                    g = gr[ow] / np.float32(4.0)
+                    top[2 * ow] = g
+                    top[2 * ow + 1] = g
+                    bot[2 * ow] = g
+                    bot[2 * ow + 1] = g
+        return
+    lo, hi = _tap_ranges(Wo, sw, pw, kw, W)
+    wdiv = _ave_divisors(Wo, sw, pw, kw, W)
+    g = np.empty(Wo, np.float32)
+    dx[:planes * H * W] = 0.0
     for pl in range(planes):
-        src = pl * Ho * Wo
-        dst = pl * H * W
-        for k in range(H * W):
-            dx[dst + k] = 0.0
+        dp = dx[pl * H * W:(pl + 1) * H * W]
         for oh in range(Ho):
-            hs, he, hsize = _ave_window(oh, sh, ph, kh, H)
+            o = (pl * Ho + oh) * Wo
+            hs = oh * sh - ph
+            hsize = min(hs + kh, H + ph) - hs
             for ow in range(Wo):
-                ws, we, wsize = _ave_window(ow, sw, pw, kw, W)
-                g = dy[src + oh * Wo + ow] / np.float32(hsize * wsize)
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        dx[dst + h * W + w] += g
+                g[ow] = dy[o + ow] / np.float32(hsize * wdiv[ow])
+            for i in range(kh):
+                h = hs + i
+                if h < 0 or h >= H:
+                    continue
+                for j in range(kw):
+                    a, b = lo[j], hi[j]
+                    dst = dp[h * W + a * sw + j - pw:]
+                    gg = g[a:b]
+                    for t in range(b - a):
+                        dst[t * sw] += gg[t]
 
 
 @njit(cache=True)

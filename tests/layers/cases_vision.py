@@ -294,6 +294,11 @@ CASES = {
               id="ave-pad"),
         _pool("pool: AVE kernel_size: 2 stride: 3 pad_h: 1 pad_w: 0", (1, 2, 7, 5),
               check_pool("AVE", (2, 2), (3, 3), (1, 0)), id="ave-pad-last-window"),
+        # 2x2 / stride 2 on even sizes: the unpadded fast paths (the cases above take the general ones).
+        _pool("pool: MAX kernel_size: 2 stride: 2", (2, 3, 4, 6), check_pool("MAX", (2, 2), (2, 2), (0, 0), mask=True),
+              num_top=2, id="max-2x2-fast"),
+        _pool("pool: AVE kernel_size: 2 stride: 2", (2, 3, 6, 4), check_pool("AVE", (2, 2), (2, 2), (0, 0)),
+              id="ave-2x2-fast"),
         _pool("pool: MAX global_pooling: true", (2, 3, 3, 4), check_global("MAX"), id="global-max"),
         _pool("pool: AVE global_pooling: true", (2, 3, 3, 2), check_global("AVE"), id="global-ave"),
         GradCase('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 2 }',

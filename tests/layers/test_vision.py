@@ -268,6 +268,28 @@ def test_max_pooling_ties_go_to_the_first_maximum():
     np.testing.assert_array_equal(bottom[0].diff, [[[[3, 0, 5, 0], [0, 0, 0, 0]]]])
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (2, 3, 5, 6)])   # the 2x2 fast path, and the general one
+def test_max_pooling_follows_caffes_loop_on_ties_infinities_and_nan(shape):
+    rs = np.random.RandomState(5)
+    x = rs.randint(0, 3, shape).astype(np.float32)
+    x[0, 0, :2, :2] = -np.inf                      # no element beats -FLT_MAX: Caffe leaves mask -1
+    x[0, 1, 0, 0], x[1, 2, 1, 3] = np.nan, np.nan  # NaN never compares greater: skipped
+    layer, bottom, top = make('type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 }',
+                              shape, values=[x], num_top=2)
+    layer.Forward(bottom, top)
+    N, C, H, W = shape
+    for n in range(N):
+        for c in range(C):
+            for oh in range(top[0].shape[2]):
+                for ow in range(top[0].shape[3]):
+                    best, arg = np.float32(-np.finfo(np.float32).max), -1
+                    for h in range(2 * oh, min(2 * oh + 2, H)):
+                        for w in range(2 * ow, min(2 * ow + 2, W)):
+                            if x[n, c, h, w] > best:
+                                best, arg = x[n, c, h, w], h * W + w
+                    assert top[0].data[n, c, oh, ow] == best and top[1].data[n, c, oh, ow] == arg
+
+
 def test_average_pooling_divides_by_the_window_clipped_to_the_padded_image():
     x = np.ones((1, 1, 3, 3), np.float32)
     layer, bottom, top = make('type: "Pooling" pooling_param { pool: AVE kernel_size: 2 stride: 2 pad: 1 }',
