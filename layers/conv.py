@@ -46,8 +46,8 @@ How the work is laid out (measured on LeNet, see bench/bench_conv.py):
   When one chunk holds the whole batch, backward reuses forward's columns for
   the weight gradient.  (Smaller, cache-sized chunks were measured on LeNet:
   no gain that stood out of the noise.)
-* Depthwise convolution (``group == channels``, 2-D) skips im2col: a direct
-  kernel, channel multiplier allowed.
+* Depthwise convolution (``group == channels``, 2-D) skips im2col: the direct
+  kernels of layers/depthwise.py, channel multiplier allowed.
 * The kernels are serial: on two cores, numba's threads and OpenBLAS's threads
   took the cores from each other (measured 2x slower); the GEMMs use OpenBLAS's.
   Running half the images of the per-image path on a helper thread made conv1
@@ -57,6 +57,9 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import Layer, register
+from numcaffe.layers.depthwise import (depthwise_backward, depthwise_backward_s1, depthwise_forward,
+                                       depthwise_forward_s1)
+from numcaffe.layers.depthwise import output_range as _valid_range
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.filler import fill
@@ -78,22 +81,6 @@ _u = np.uint64
 # where element (row, n, o) sits at row * rs + n * ns + o (rs, ns: its strides),
 # so one kernel serves both the batched (K, N*P) layout and Im2col's (N, K, P).
 # ---------------------------------------------------------------------------
-
-@njit(cache=True)
-def _valid_range(n_out, stride, offset, size):
-    """The outputs o in [lo, hi) with 0 <= o * stride + offset < size."""
-    lo = 0
-    if offset < 0:
-        lo = (-offset + stride - 1) // stride
-    hi = 0
-    if size - offset > 0:
-        hi = (size - offset + stride - 1) // stride
-    if hi > n_out:
-        hi = n_out
-    if lo > hi:
-        lo = hi
-    return lo, hi
-
 
 @njit(cache=True)
 def build_table(ishape, oshape, kernel, stride, pad, dilation, table):
@@ -374,157 +361,6 @@ def col2im_nhwc(col, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img):
                     else:
                         for j in range(jlo, jhi):
                             _add_to(img, d + j * dw * C, 1, col, s + j * C, C)
-
-
-@njit(cache=True, nogil=True)
-def depthwise_forward(x, N, C, H, W, w, M, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, bias, with_bias, y):
-    """y[n, m, oh, ow] = b[m] + sum_ij w[m, i, j] x[n, m // (M/C), oh*sh - ph + i*dh, ow*sw - pw + j*dw]."""
-    mult = M // C
-    for nm in range(N * M):
-        m = nm % M
-        c = m // mult
-        src0 = ((nm // M) * C + c) * H * W
-        dst0 = nm * Ho * Wo
-        b = bias[m] if with_bias else np.float32(0.0)
-        for k in range(Ho * Wo):
-            y[dst0 + k] = b
-        for i in range(kh):
-            hlo, hhi = _valid_range(Ho, sh, i * dh - ph, H)
-            for j in range(kw):
-                woff = j * dw - pw
-                wlo, whi = _valid_range(Wo, sw, woff, W)
-                wv = w[(m * kh + i) * kw + j]
-                for oh in range(hlo, hhi):
-                    src = src0 + (oh * sh - ph + i * dh) * W + woff
-                    dst = dst0 + oh * Wo
-                    if sw == 1:  # contiguous rows: the loop vectorizes
-                        for ow in range(wlo, whi):
-                            y[dst + ow] += wv * x[src + ow]
-                    else:
-                        for ow in range(wlo, whi):
-                            y[dst + ow] += wv * x[src + ow * sw]
-
-
-@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
-def depthwise_backward(x, dy, N, C, H, W, w, M, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo,
-                       dw_acc, want_dw, dx, want_dx):
-    """dw[m, i, j] += sum dy * x (at the tap);  dx = sum over taps of w * dy (overwritten)."""
-    mult = M // C
-    if want_dx:
-        for k in range(N * C * H * W):
-            dx[k] = 0.0
-    for n in range(N):
-        for m in range(M):
-            c = m // mult
-            src0 = (n * C + c) * H * W
-            g0 = (n * M + m) * Ho * Wo
-            for i in range(kh):
-                hlo, hhi = _valid_range(Ho, sh, i * dh - ph, H)
-                for j in range(kw):
-                    woff = j * dw - pw
-                    wlo, whi = _valid_range(Wo, sw, woff, W)
-                    widx = (m * kh + i) * kw + j
-                    wv = w[widx]
-                    s = np.float32(0.0)
-                    for oh in range(hlo, hhi):
-                        src = src0 + (oh * sh - ph + i * dh) * W + woff
-                        g = g0 + oh * Wo
-                        if sw == 1:  # contiguous rows: the loops vectorize
-                            if want_dw:
-                                for ow in range(wlo, whi):
-                                    s += dy[g + ow] * x[src + ow]
-                            if want_dx:
-                                for ow in range(wlo, whi):
-                                    dx[src + ow] += wv * dy[g + ow]
-                        else:
-                            if want_dw:
-                                for ow in range(wlo, whi):
-                                    s += dy[g + ow] * x[src + ow * sw]
-                            if want_dx:
-                                for ow in range(wlo, whi):
-                                    dx[src + ow * sw] += wv * dy[g + ow]
-                    if want_dw:
-                        dw_acc[widx] += s
-
-
-@njit(cache=True, nogil=True)
-def _pad_plane(x, src, H, W, ph, pw, xp):
-    """xp = the H x W plane at x[src:] with ph rows and pw columns of zeros around it."""
-    Wp = W + 2 * pw
-    xp[:] = 0.0
-    for h in range(H):
-        for w in range(W):
-            xp[(h + ph) * Wp + pw + w] = x[src + h * W + w]
-
-
-@njit(cache=True, nogil=True)
-def depthwise_forward_s1(x, N, C, H, W, w, M, kh, kw, ph, pw, dh, dw, Ho, Wo, bias, with_bias, y):
-    """Stride-1 depthwise convolution: on a zero-padded plane of row width Wp, tap (i, j) reads
-    input q + i*dh*Wp + j*dw for output q = oh*Wp + ow, so each tap is one long contiguous
-    multiply-add (columns ow >= Wo are scratch and dropped)."""
-    mult = M // C
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    L = (Ho - 1) * Wp + Wo
-    xp = np.empty(Hp * Wp, np.float32)
-    acc = np.empty(L, np.float32)
-    for n in range(N):
-        for c in range(C):
-            _pad_plane(x, (n * C + c) * H * W, H, W, ph, pw, xp)
-            for m in range(c * mult, (c + 1) * mult):
-                b = bias[m] if with_bias else np.float32(0.0)
-                for q in range(L):
-                    acc[q] = b
-                for i in range(kh):
-                    for j in range(kw):
-                        wv = w[(m * kh + i) * kw + j]
-                        shift = i * dh * Wp + j * dw
-                        for q in range(L):
-                            acc[q] += wv * xp[q + shift]
-                dst = (n * M + m) * Ho * Wo
-                for oh in range(Ho):
-                    for ow in range(Wo):
-                        y[dst + oh * Wo + ow] = acc[oh * Wp + ow]
-
-
-@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
-def depthwise_backward_s1(x, dy, N, C, H, W, w, M, kh, kw, ph, pw, dh, dw, Ho, Wo,
-                          dw_acc, want_dw, dx, want_dx):
-    """Backward of depthwise_forward_s1, on the same padded planes."""
-    mult = M // C
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    L = (Ho - 1) * Wp + Wo
-    xp = np.zeros(Hp * Wp, np.float32)
-    dxp = np.empty(Hp * Wp, np.float32)
-    g = np.zeros(L, np.float32)
-    for n in range(N):
-        for c in range(C):
-            if want_dw:
-                _pad_plane(x, (n * C + c) * H * W, H, W, ph, pw, xp)
-            if want_dx:
-                dxp[:] = 0.0
-            for m in range(c * mult, (c + 1) * mult):
-                src = (n * M + m) * Ho * Wo
-                for oh in range(Ho):          # dy on rows of width Wp; the scratch columns stay 0
-                    for ow in range(Wo):
-                        g[oh * Wp + ow] = dy[src + oh * Wo + ow]
-                for i in range(kh):
-                    for j in range(kw):
-                        widx = (m * kh + i) * kw + j
-                        shift = i * dh * Wp + j * dw
-                        if want_dw:
-                            s = np.float32(0.0)
-                            for q in range(L):
-                                s += g[q] * xp[q + shift]
-                            dw_acc[widx] += s
-                        if want_dx:
-                            wv = w[widx]
-                            for q in range(L):
-                                dxp[q + shift] += wv * g[q]
-            if want_dx:
-                dst = (n * C + c) * H * W
-                for h in range(H):
-                    for ww in range(W):
-                        dx[dst + h * W + ww] = dxp[(h + ph) * Wp + pw + ww]
 
 
 # ---------------------------------------------------------------------------
