@@ -94,7 +94,8 @@ class Blob:
             shape = shape[0]
         self._shape, self._count = check_shape(shape)
         self._data_mem.ensure(self._count)
-        self._diff_mem.ensure(self._count)
+        # The diff buffer is allocated on first use, as Caffe's SyncedMemory does: nets that
+        # only run forward (tests, deployment) never pay for gradients.
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -148,7 +149,7 @@ class Blob:
 
     @property
     def diff(self):
-        return self._diff_mem.buf[: self._count].reshape(self._shape)
+        return self.flat_diff.reshape(self._shape)
 
     @diff.setter
     def diff(self, value):
@@ -161,7 +162,10 @@ class Blob:
 
     @property
     def flat_diff(self):
-        return self._diff_mem.buf[: self._count]
+        mem = self._diff_mem
+        if mem.buf.size < self._count:
+            mem.ensure(self._count)
+        return mem.buf[: self._count]
 
     def share_data(self, other):
         """Use ``other``'s data buffer from now on (shapes must hold the same count)."""

@@ -64,3 +64,16 @@ def test_proto_round_trip_and_legacy_shape():
     assert proto_shape(legacy) == (1, 1, 2, 3)
     with pytest.raises(ShapeError):
         proto_array(caffe_pb2.BlobProto(data=[1, 2], shape=caffe_pb2.BlobShape(dim=[3])))
+
+
+def test_diff_memory_is_allocated_on_first_use():
+    b = Blob((1000, 100))
+    assert b._diff_mem.buf.size == 0          # forward-only use never pays for gradients
+    b.data[...] = 1
+    assert b._diff_mem.buf.size == 0
+    assert b.diff.shape == (1000, 100) and not b.diff.any()
+    assert b._diff_mem.buf.size == 100000
+    c = Blob((1000, 100))
+    c.share_diff(b)
+    c.flat_diff[...] = 3
+    assert b.diff.sum() == 300000
