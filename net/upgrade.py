@@ -37,8 +37,13 @@ UPGRADERS = {}
 NOTICES = True
 
 
+_told = set()
+
+
 def notice(path, what):
-    if NOTICES:
+    """Say once per process what was upgraded in a file (a solver reads its net twice: train and test)."""
+    if NOTICES and (path, what) not in _told:
+        _told.add((path, what))
         print(f"numcaffe: {path}: {what}", file=sys.stderr)
 
 

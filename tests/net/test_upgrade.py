@@ -157,3 +157,18 @@ def test_reading_a_v1_file_upgrades_with_a_notice(tmp_path, capsys):
 def test_current_files_need_no_upgrade():
     assert not upgrade.needs_upgrade(_net(CURRENT_LENET))
     assert upgrade.needs_upgrade(_net(V1_LENET))
+
+
+def test_an_upgrade_notice_is_printed_once_per_file(tmp_path, capsys):
+    from numcaffe.net.config import read_message
+    from numcaffe.net.proto import caffe_pb2
+    path = tmp_path / "old_solver.prototxt"
+    path.write_text('solver_type: NESTEROV base_lr: 0.1 lr_policy: "fixed"')
+    saved = upgrade.NOTICES
+    upgrade.NOTICES = True
+    try:
+        for _ in range(3):  # a solver reads its files more than once
+            assert read_message(str(path), caffe_pb2.SolverParameter).type == "Nesterov"
+    finally:
+        upgrade.NOTICES = saved
+    assert capsys.readouterr().err.count("upgraded deprecated solver_type") == 1
