@@ -142,8 +142,12 @@ class Layer:
         loss = 0.0
         for t, w in zip(top, self.loss_weights):
             if w:
-                # Caffe: loss = dot(top data, top diff), the diff holding the weight.
-                loss += float(np.dot(t.flat_data.astype(np.float64), t.flat_diff))
+                # As in Caffe the top's diff holds the weight, which backward starts from.  It is
+                # written on every pass, not only at setup, so a top that grew (a larger batch
+                # reshaped in) has the weight in every element, where Caffe would leave zeros.
+                d = t.flat_diff
+                d[...] = w
+                loss += w * float(np.add.reduce(t.flat_data, dtype=np.float64))
         return loss
 
     def Backward(self, top, propagate_down, bottom):

@@ -326,3 +326,16 @@ def test_caffe_syntax_xor_net_runs_unmodified(tmp_path):
                       label=np.array([0, 1, 1, 0], np.float32))
     assert set(out) == {"accuracy", "loss"} and 0 <= out["accuracy"] <= 1 and out["loss"] > 0
     assert net.outputs == ["accuracy", "loss"]
+
+
+def test_a_weighted_top_keeps_its_weight_when_the_batch_grows():
+    net = make_net(INPUT + ip("a", "x", "y", extra="loss_weight: 2"))
+    x = np.random.RandomState(0).standard_normal((7, 4)).astype(np.float32)  # 3 rows at setup, 7 now
+    net.blobs["x"].reshape(x.shape)
+    net.blobs["x"].data[...] = x
+    loss = net.Forward()
+    assert loss == pytest.approx(2 * float(net.blobs["y"].data.sum()), rel=1e-5)
+    net.ClearParamDiffs()
+    net.Backward()
+    # d(2 * sum(W x + b))/db = 2 per example and output
+    np.testing.assert_allclose(net.params["a"][1].diff, 2 * 7, rtol=1e-6)
