@@ -208,6 +208,7 @@ class Net:
         self.params_lr = []
         self.params_weight_decay = []
         self.param_display_names = []
+        self.param_layer_names = []       # the layer that owns each learnable parameter
         self._param_owner = {}            # ParamSpec name -> index into learnable_params
         self._param_lr_set = {}
         available = OrderedDict()
@@ -309,6 +310,7 @@ class Net:
                 self.params_lr.append(spec.lr_mult)
                 self.params_weight_decay.append(spec.decay_mult)
                 self.param_display_names.append(name or f"{layer.name}[{j}]")
+                self.param_layer_names.append(layer.name)
                 if spec.HasField("lr_mult"):
                     self._param_lr_set[k] = spec.lr_mult
                 if name:
@@ -395,15 +397,8 @@ class Net:
         """Caffe's per-parameter [Update] lines (the solver calls this after an update)."""
         log = _log()
         for k, blob in enumerate(self.learnable_params):
-            log.info("    [Update] Layer %s, param %s data: %.6g; diff: %.6g", self._param_layer_name(k),
+            log.info("    [Update] Layer %s, param %s data: %.6g; diff: %.6g", self.param_layer_names[k],
                      self.param_display_names[k], _abs_mean(blob.flat_data), _abs_mean(blob.flat_diff))
-
-    def _param_layer_name(self, k):
-        target = self.learnable_params[k]
-        for name, blobs in self.params.items():
-            if any(b is target for b in blobs):
-                return name
-        return "?"
 
     def locate_nonfinite(self):
         """Re-run forward and backward on the current inputs, checking every blob.
