@@ -41,10 +41,12 @@ How the work is laid out (measured on LeNet, see bench/bench_conv.py):
   fastest here (``col @ W.T``, ``dy.T @ col``, ``dy @ W``: 4.0 against 4.6 ms
   for the ``(K, N * P)`` layout); jitted transposes to and from NCHW.
   Otherwise ``(K, N * P)`` columns.  Groups are one stacked matmul, never a loop.
-* Columns are kept in buffers that live with the layer (grown, never freed);
-  batches whose columns exceed ``COL_LIMIT`` elements run in chunks of images.
-  When one chunk holds the whole batch, backward reuses forward's columns for
-  the weight gradient.  (Smaller, cache-sized chunks were measured on LeNet:
+* Columns and other scratch arrays live in one workspace per thread, shared
+  by all convolution layers (grown, never freed); batches whose columns exceed
+  ``COL_LIMIT`` elements run in chunks of images.  When one chunk holds the
+  whole batch and no other layer has used the column buffer since, backward
+  reuses forward's columns for the weight gradient (in a chain of convolutions,
+  the last one).  (Smaller, cache-sized chunks were measured on LeNet:
   no gain that stood out of the noise.)
 * Depthwise convolution (``group == channels``, 2-D) skips im2col: the direct
   kernels of layers/depthwise.py, channel multiplier allowed.
@@ -53,6 +55,8 @@ How the work is laid out (measured on LeNet, see bench/bench_conv.py):
   Running half the images of the per-image path on a helper thread made conv1
   alone 1.5x faster but LeNet training no faster (10.1 against 10.2-10.4 ms).
 """
+import threading
+
 import numpy as np
 from numba import njit
 
@@ -412,18 +416,45 @@ def spatial_params(layer, p, num_spatial):
     return kernel, stride, pad, dilation
 
 
-class _Buffers:
-    """Named float32 scratch arrays that grow and are reused (never shrink)."""
+class _Workspace(threading.local):
+    """Named float32 scratch arrays shared by every convolution layer that runs on one thread.
+
+    Layers of a thread run one at a time, so one column buffer serves them all
+    (Caffe gives each layer its own, which for a deep net -- or LeNet's TRAIN
+    and TEST nets -- multiplies the biggest scratch array by the number of
+    layers).  Arrays grow to the largest request and are kept; ``COL_LIMIT``
+    bounds the biggest.  Each name remembers which layer took it last, so a
+    layer knows whether what it wrote there (forward's columns) is still there.
+    """
 
     def __init__(self):
-        self._arrays = {}
+        self.arrays = {}
+        self.owners = {}
 
-    def get(self, name, size):
-        a = self._arrays.get(name)
+    def get(self, owner, name, size):
+        a = self.arrays.get(name)
         if a is None or a.size < size:
             a = np.zeros(max(int(size), 1), dtype=np.float32)
-            self._arrays[name] = a
+            self.arrays[name] = a
+        self.owners[name] = owner
         return a[:size]
+
+
+_WORKSPACE = _Workspace()
+
+
+class _Scratch:
+    """One layer's handle on its thread's shared workspace."""
+
+    def __init__(self):
+        self.token = object()  # names the layer in the workspace without keeping it alive
+
+    def get(self, name, size):
+        return _WORKSPACE.get(self.token, name, size)
+
+    def holds(self, name):
+        """Whether no other layer has taken ``name`` since this one did."""
+        return _WORKSPACE.owners.get(name) is self.token
 
 
 class _Im2col:
@@ -536,7 +567,7 @@ class BaseConvolutionLayer(Layer):
             if self.bias_term:
                 self.blobs.append(Blob((self.num_output,)))
                 fill(self.blobs[1], p.bias_filler, self.random)
-        self.buffers = _Buffers()
+        self.buffers = _Scratch()
         self._geometry_key = None
 
     def output_spatial(self, in_shape):
@@ -719,6 +750,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         Mg, Kg = M // G, K // G
         WgT = self.blobs[0].flat_data.reshape(G, Mg, Kg).transpose(0, 2, 1)
         dW = self.blobs[0].flat_diff
+        self._cached = self._cached and self.buffers.holds("col")
         col_buf = self.buffers.get("col", K * self.chunk * P)
         dW_tmp = self.buffers.get("dW", M * Kg).reshape(G, Mg, Kg)
         dWT_tmp = self.buffers.get("dW", M * Kg).reshape(G, Kg, Mg)
@@ -766,6 +798,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
     def _backward_nhwc(self, top, propagate_down, bottom, want_w, want_b, db):
         geo = self.geo
         M, K, P, C = self.num_output, geo.rows, geo.P, geo.C
+        self._cached = self._cached and self.buffers.holds("col")
         Wp = self._nhwc_weights()
         dW = self.blobs[0].diff.reshape(M, C, -1)
         dWp = self.buffers.get("dW", M * K).reshape(M, K)

@@ -358,3 +358,38 @@ def test_crop_gives_no_gradient_to_the_reference_blob():
     layer.Backward(top, [True, False], bottom)
     assert bottom[0].diff.sum() == 8 and bottom[0].diff[0, 0, 1, 1] == 1
     np.testing.assert_array_equal(bottom[1].diff, 7.0)
+
+
+# -- one scratch workspace shared by all convolution layers of a thread ---------------
+
+SHARED_PATHS = {  # input shape, convolution_param: each of the three column layouts
+    "per-image": ((2, 3, 20, 20), "num_output: 4 kernel_size: 3"),                  # P = 324 >= 256
+    "nhwc": ((3, 3, 8, 8), "num_output: 5 kernel_size: 3"),                          # few positions, 1 group
+    "batched": ((3, 4, 8, 8), "num_output: 6 kernel_size: 3 group: 2"),              # few positions, groups
+}
+
+
+@pytest.mark.parametrize("path", SHARED_PATHS)
+def test_conv_backward_after_another_conv_used_the_workspace_is_right(path):
+    shape, param = SHARED_PATHS[path]
+    text = f'type: "Convolution" convolution_param {{ {param} weight_filler {{ type: "gaussian" std: 1 }} }}'
+
+    def backward(layer, bottom, top):
+        top[0].diff[...] = np.random.RandomState(2).standard_normal(top[0].shape)
+        layer.blobs[0].diff[...] = 0
+        layer.Backward(top, [True], bottom)
+        return layer.blobs[0].diff.copy(), bottom[0].diff.copy()
+
+    a, a_bottom, a_top = make(text, shape)
+    a.Forward(a_bottom, a_top)
+    alone = backward(a, a_bottom, a_top)
+    # Now another layer (other input, same geometry) runs between a's forward and backward.
+    b, b_bottom, b_top = make(text, shape)
+    b_bottom[0].data[...] *= -3.0
+    a.Forward(a_bottom, a_top)
+    b.Forward(b_bottom, b_top)
+    assert np.shares_memory(a.buffers.get("col", 1), b.buffers.get("col", 1))
+    backward(b, b_bottom, b_top)
+    interleaved = backward(a, a_bottom, a_top)
+    for got, want in zip(interleaved, alone):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
