@@ -1,45 +1,33 @@
 """Neuron layers: one bottom, one top of the same shape, computed element by element.
 
+This module holds what all of them share (``ElementwiseLayer``) and the
+piecewise-linear ones; layers/activation.py has the smooth activations (ELU,
+SELU, Sigmoid, TanH, BNLL, Swish), layers/power.py Power, Exp and Log.
 Forward and backward follow Caffe's ``src/caffe/layers/*_layer.cpp`` (``x`` is
 the bottom, ``y`` the top, ``dy``/``dx`` their diffs)::
 
     ReLU       y = max(x, 0) + s * min(x, 0)           dx = dy * (x > 0 ? 1 : s)
     PReLU      y = max(x, 0) + a_c * min(x, 0)         dx = dy * (x > 0 ? 1 : a_c)
                                                        da_c += sum over channel c of dy * x * (x <= 0)
-    ELU        y = x > 0 ? x : alpha * (exp(x) - 1)    dx = dy * (x > 0 ? 1 : alpha * exp(x))
-    SELU       y = lambda * (x > 0 ? x : alpha * (exp(x) - 1))
-                                                       dx = dy * lambda * (x > 0 ? 1 : alpha * exp(x))
-    Sigmoid    y = 1 / (1 + exp(-x))                   dx = dy * y * (1 - y)
-    TanH       y = tanh(x)                             dx = dy * (1 - y^2)
     AbsVal     y = |x|                                 dx = dy * sign(x)       (sign(0) = 0)
-    BNLL       y = log(1 + exp(x))                     dx = dy * e / (1 + e),  e = exp(min(x, 50))
-    Power      y = (shift + scale * x)^power           dx = dy * power * scale * (shift + scale * x)^(power - 1)
-    Exp        y = base^(shift + scale * x)            dx = dy * y * ln(base) * scale
-    Log        y = log_base(shift + scale * x)         dx = dy * scale / ((shift + scale * x) * ln(base))
-    Swish      y = x * sigmoid(beta * x)               dx = dy * (beta * y + sigmoid(beta * x) * (1 - beta * y))
     Threshold  y = x > t ? 1 : 0                       no gradient (Caffe has no backward)
     Clip       y = max(min, min(x, max))               dx = dy * (min <= x <= max)
     Dropout    TRAIN: y = x * m * scale,  m ~ Bernoulli(1 - p),  scale = 1 / (1 - p);  dx = dy * m * scale
                TEST:  y = x;                                                        dx = dy
                (with ``scale_train: false``, scale is 1 in TRAIN and TEST multiplies by 1 - p)
 
-For Exp and Log, ``base: -1`` (the default) means e.  SELU is a numcaffe
-extension (``selu_param``, defaults: the self-normalising constants).
-
-Every layer may run in place (top[0] is bottom[0]).  Backward never reads the
-top's data, because a later in-place layer may have overwritten it (Caffe's
-Sigmoid, TanH, ELU and Swish read it, and then take a wrong gradient under an
-in-place Dropout, say): it reads the input ``x`` -- the bottom's data, or, when
-the layer ran in place, a copy taken before forward overwrote it (Caffe's
-PReLU does the same), kept in a buffer reused from one iteration to the next.
-ReLU keeps a byte mask of ``x > 0`` instead of a copy, and Dropout its mask.
-Functions that Caffe differentiates through ``y`` (Sigmoid, TanH, ELU, SELU,
-Exp, Swish) recompute ``y`` from ``x`` in backward.
+Every neuron layer may run in place (top[0] is bottom[0]).  Backward never
+reads the top's data, because a later in-place layer may have overwritten it
+(Caffe's Sigmoid, TanH, ELU and Swish read it, and then take a wrong gradient
+under an in-place Dropout, say): it reads the input ``x`` -- the bottom's data,
+or, when the layer ran in place, a copy taken before forward overwrote it
+(Caffe's PReLU does the same), kept in a buffer reused from one iteration to
+the next.  ReLU keeps a byte mask of ``x > 0`` instead of a copy, and Dropout
+its mask.  Functions that Caffe differentiates through ``y`` recompute ``y``
+from ``x`` in backward.
 
 The kernels compute in double precision and store float32.
 """
-import math
-
 import numpy as np
 from numba import njit
 
@@ -49,9 +37,6 @@ from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.filler import fill
 from numcaffe.net.proto import caffe_pb2
-
-#: Above this input BNLL's backward uses exp(50) (Caffe's kBNLL_THRESHOLD).
-BNLL_THRESHOLD = 50.0
 
 
 # -- kernels -------------------------------------------------------------------------
@@ -113,75 +98,6 @@ def prelu_slope_backward(x, dy, dslope, num, channels, dim, shared):
 
 
 @njit(cache=True)
-def elu_forward(x, y, alpha):
-    """y = x > 0 ? x : alpha * (exp(x) - 1)."""
-    for i in range(x.size):
-        v = x[i]
-        y[i] = v if v > 0.0 else alpha * math.expm1(v)
-
-
-@njit(cache=True)
-def elu_backward(x, dy, dx, alpha):
-    """dx = dy * (x > 0 ? 1 : alpha * exp(x))   (alpha * exp(x) = y + alpha)."""
-    for i in range(x.size):
-        v = x[i]
-        dx[i] = dy[i] if v > 0.0 else dy[i] * alpha * math.exp(v)
-
-
-@njit(cache=True)
-def selu_forward(x, y, alpha, lam):
-    """y = lambda * (x > 0 ? x : alpha * (exp(x) - 1))."""
-    for i in range(x.size):
-        v = x[i]
-        y[i] = lam * v if v > 0.0 else lam * alpha * math.expm1(v)
-
-
-@njit(cache=True)
-def selu_backward(x, dy, dx, alpha, lam):
-    """dx = dy * lambda * (x > 0 ? 1 : alpha * exp(x))."""
-    for i in range(x.size):
-        v = x[i]
-        dx[i] = dy[i] * lam if v > 0.0 else dy[i] * lam * alpha * math.exp(v)
-
-
-@njit(cache=True)
-def sigmoid(v):
-    """1 / (1 + exp(-v)).  (Caffe writes 0.5 * tanh(0.5 * v) + 0.5, the same function; exp is
-    several times faster than tanh here, and its overflow to inf for v < -709 still gives 0.)"""
-    return 1.0 / (1.0 + math.exp(-v))
-
-
-@njit(cache=True)
-def sigmoid_forward(x, y):
-    """y = sigmoid(x)."""
-    for i in range(x.size):
-        y[i] = sigmoid(x[i])
-
-
-@njit(cache=True)
-def sigmoid_backward(x, dy, dx):
-    """dx = dy * y * (1 - y),  y = sigmoid(x)."""
-    for i in range(x.size):
-        s = sigmoid(x[i])
-        dx[i] = dy[i] * s * (1.0 - s)
-
-
-@njit(cache=True)
-def tanh_forward(x, y):
-    """y = tanh(x)."""
-    for i in range(x.size):
-        y[i] = math.tanh(x[i])
-
-
-@njit(cache=True)
-def tanh_backward(x, dy, dx):
-    """dx = dy * (1 - y^2),  y = tanh(x)."""
-    for i in range(x.size):
-        t = math.tanh(x[i])
-        dx[i] = dy[i] * (1.0 - t * t)
-
-
-@njit(cache=True)
 def absval_forward(x, y):
     """y = |x|."""
     for i in range(x.size):
@@ -194,80 +110,6 @@ def absval_backward(x, dy, dx):
     for i in range(x.size):
         v = x[i]
         dx[i] = dy[i] if v > 0.0 else (-dy[i] if v < 0.0 else 0.0)
-
-
-@njit(cache=True)
-def bnll_forward(x, y):
-    """y = log(1 + exp(x)), as x + log(1 + exp(-x)) for x > 0 so exp never overflows."""
-    for i in range(x.size):
-        v = x[i]
-        y[i] = v + math.log1p(math.exp(-v)) if v > 0.0 else math.log1p(math.exp(v))
-
-
-@njit(cache=True)
-def bnll_backward(x, dy, dx, threshold):
-    """dx = dy * e / (1 + e),  e = exp(min(x, threshold))."""
-    for i in range(x.size):
-        e = math.exp(min(x[i], threshold))
-        dx[i] = dy[i] * e / (e + 1.0)
-
-
-@njit(cache=True)
-def power_forward(x, y, power, scale, shift):
-    """y = (shift + scale * x)^power."""
-    for i in range(x.size):
-        y[i] = (shift + scale * x[i]) ** power
-
-
-@njit(cache=True)
-def power_backward(x, dy, dx, power, scale, shift):
-    """dx = dy * power * scale * (shift + scale * x)^(power - 1)."""
-    for i in range(x.size):
-        dx[i] = dy[i] * power * scale * (shift + scale * x[i]) ** (power - 1.0)
-
-
-@njit(cache=True)
-def exp_forward(x, y, inner_scale, outer_scale):
-    """y = outer_scale * exp(inner_scale * x)   (= base^(shift + scale * x))."""
-    for i in range(x.size):
-        y[i] = outer_scale * math.exp(inner_scale * x[i])
-
-
-@njit(cache=True)
-def exp_backward(x, dy, dx, inner_scale, outer_scale):
-    """dx = dy * y * inner_scale."""
-    for i in range(x.size):
-        dx[i] = dy[i] * outer_scale * math.exp(inner_scale * x[i]) * inner_scale
-
-
-@njit(cache=True)
-def log_forward(x, y, scale, shift, base_scale):
-    """y = base_scale * ln(shift + scale * x)   (base_scale = 1 / ln(base))."""
-    for i in range(x.size):
-        y[i] = base_scale * math.log(shift + scale * x[i])
-
-
-@njit(cache=True)
-def log_backward(x, dy, dx, scale, shift, base_scale):
-    """dx = dy * base_scale * scale / (shift + scale * x)."""
-    for i in range(x.size):
-        dx[i] = dy[i] * base_scale * scale / (shift + scale * x[i])
-
-
-@njit(cache=True)
-def swish_forward(x, y, beta):
-    """y = x * sigmoid(beta * x)."""
-    for i in range(x.size):
-        y[i] = x[i] * sigmoid(beta * x[i])
-
-
-@njit(cache=True)
-def swish_backward(x, dy, dx, beta):
-    """dx = dy * (beta * y + s * (1 - beta * y)),  s = sigmoid(beta * x), y = x * s."""
-    for i in range(x.size):
-        s = sigmoid(beta * x[i])
-        by = beta * x[i] * s
-        dx[i] = dy[i] * (by + s * (1.0 - by))
 
 
 @njit(cache=True)
@@ -437,58 +279,6 @@ class PReLULayer(ElementwiseLayer):
                            self.channel_shared)
 
 
-@register("ELU")
-class ELULayer(ElementwiseLayer):
-    """y = x > 0 ? x : alpha * (exp(x) - 1);  dx = dy * (x > 0 ? 1 : alpha * exp(x))."""
-
-    def LayerSetUp(self, bottom, top):
-        self.alpha = float(self.layer_param.elu_param.alpha)
-
-    def forward(self, x, y):
-        elu_forward(x, y, self.alpha)
-
-    def backward(self, x, dy, dx):
-        elu_backward(x, dy, dx, self.alpha)
-
-
-@register("SELU")
-class SELULayer(ElementwiseLayer):
-    """numcaffe's SELU: y = lambda * (x > 0 ? x : alpha * (exp(x) - 1))."""
-
-    def LayerSetUp(self, bottom, top):
-        p = self.layer_param.selu_param
-        self.alpha = float(p.alpha)
-        self.lam = float(getattr(p, "lambda"))
-
-    def forward(self, x, y):
-        selu_forward(x, y, self.alpha, self.lam)
-
-    def backward(self, x, dy, dx):
-        selu_backward(x, dy, dx, self.alpha, self.lam)
-
-
-@register("Sigmoid")
-class SigmoidLayer(ElementwiseLayer):
-    """y = 1 / (1 + exp(-x));  dx = dy * y * (1 - y)."""
-
-    def forward(self, x, y):
-        sigmoid_forward(x, y)
-
-    def backward(self, x, dy, dx):
-        sigmoid_backward(x, dy, dx)
-
-
-@register("TanH")
-class TanHLayer(ElementwiseLayer):
-    """y = tanh(x);  dx = dy * (1 - y^2)."""
-
-    def forward(self, x, y):
-        tanh_forward(x, y)
-
-    def backward(self, x, dy, dx):
-        tanh_backward(x, dy, dx)
-
-
 @register("AbsVal")
 class AbsValLayer(ElementwiseLayer):
     """y = |x|;  dx = dy * sign(x).  (Caffe refuses to run it in place; here it may.)"""
@@ -498,107 +288,6 @@ class AbsValLayer(ElementwiseLayer):
 
     def backward(self, x, dy, dx):
         absval_backward(x, dy, dx)
-
-
-@register("BNLL")
-class BNLLLayer(ElementwiseLayer):
-    """Binomial normal log likelihood: y = log(1 + exp(x));  dx = dy * sigmoid(x)."""
-
-    def forward(self, x, y):
-        bnll_forward(x, y)
-
-    def backward(self, x, dy, dx):
-        bnll_backward(x, dy, dx, BNLL_THRESHOLD)
-
-
-@register("Power")
-class PowerLayer(ElementwiseLayer):
-    """y = (shift + scale * x)^power;  dx = dy * power * scale * (shift + scale * x)^(power - 1).
-
-    As in Caffe, when power * scale is 0 the output is the constant
-    (power == 0 ? 1 : shift^power) and the gradient is 0.
-    """
-
-    def LayerSetUp(self, bottom, top):
-        p = self.layer_param.power_param
-        self.power, self.scale, self.shift = float(p.power), float(p.scale), float(p.shift)
-        self.diff_scale = self.power * self.scale
-        self.keeps_input = self.diff_scale != 0.0 and self.power != 1.0
-        with np.errstate(all="ignore"):  # e.g. a negative shift to a fractional power: NaN, as in C
-            self.constant = 1.0 if self.power == 0.0 else float(np.float64(self.shift) ** self.power)
-
-    def forward(self, x, y):
-        if self.diff_scale == 0.0:
-            y[...] = self.constant
-        else:
-            power_forward(x, y, self.power, self.scale, self.shift)
-
-    def backward(self, x, dy, dx):
-        if self.diff_scale == 0.0:
-            dx[...] = 0.0
-        else:
-            power_backward(x, dy, dx, self.power, self.scale, self.shift)
-
-
-def _check_base(layer, base, kind):
-    if base != -1.0 and base <= 0.0:
-        raise ConfigError(f"{layer.describe()}: {kind}_param.base must be -1 (for e) or positive; got {base:g}")
-
-
-@register("Exp")
-class ExpLayer(ElementwiseLayer):
-    """y = base^(shift + scale * x) (base -1: e);  dx = dy * y * ln(base) * scale."""
-
-    def LayerSetUp(self, bottom, top):
-        p = self.layer_param.exp_param
-        base, scale, shift = float(p.base), float(p.scale), float(p.shift)
-        _check_base(self, base, "exp")
-        log_base = 1.0 if base == -1.0 else math.log(base)
-        self.inner_scale = log_base * scale
-        if shift == 0.0:
-            self.outer_scale = 1.0
-        else:
-            self.outer_scale = math.exp(shift) if base == -1.0 else base ** shift
-
-    def forward(self, x, y):
-        exp_forward(x, y, self.inner_scale, self.outer_scale)
-
-    def backward(self, x, dy, dx):
-        exp_backward(x, dy, dx, self.inner_scale, self.outer_scale)
-
-
-@register("Log")
-class LogLayer(ElementwiseLayer):
-    """y = log_base(shift + scale * x) (base -1: e);  dx = dy * scale / ((shift + scale * x) * ln(base))."""
-
-    def LayerSetUp(self, bottom, top):
-        p = self.layer_param.log_param
-        base = float(p.base)
-        _check_base(self, base, "log")
-        if base == 1.0:
-            raise ConfigError(f"{self.describe()}: log_param.base 1 has no logarithm")
-        self.scale, self.shift = float(p.scale), float(p.shift)
-        self.base_scale = 1.0 if base == -1.0 else 1.0 / math.log(base)
-
-    def forward(self, x, y):
-        log_forward(x, y, self.scale, self.shift, self.base_scale)
-
-    def backward(self, x, dy, dx):
-        log_backward(x, dy, dx, self.scale, self.shift, self.base_scale)
-
-
-@register("Swish")
-class SwishLayer(ElementwiseLayer):
-    """y = x * sigmoid(beta * x);  dx = dy * (beta * y + sigmoid(beta * x) * (1 - beta * y))."""
-
-    def LayerSetUp(self, bottom, top):
-        self.beta = float(self.layer_param.swish_param.beta)
-
-    def forward(self, x, y):
-        swish_forward(x, y, self.beta)
-
-    def backward(self, x, dy, dx):
-        swish_backward(x, dy, dx, self.beta)
 
 
 @register("Threshold")

@@ -1,4 +1,4 @@
-"""Gradient cases for the layers in layers/neuron.py, with numpy oracles for the forward values."""
+"""Gradient cases for the neuron layers (layers/neuron.py, activation.py, power.py), with numpy oracles for the forward values."""
 import numpy as np
 
 from numcaffe.net.proto import caffe_pb2
