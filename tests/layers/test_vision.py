@@ -136,8 +136,8 @@ def test_depthwise_paths_match_the_oracle_at_a_larger_size(stride, pad, dilation
     layer.Backward(top, [True], bottom)
     dx, dw = bottom[0].diff.copy(), layer.blobs[0].diff.copy()
     layer.depthwise = False
-    from numcaffe.layers.conv import _Im2col
-    layer.geo = _Im2col(8, [11, 9], list(top[0].shape[2:]), [3, 3], s, p, d)
+    from numcaffe.layers.im2col import Im2colGeometry
+    layer.geo = Im2colGeometry(8, [11, 9], list(top[0].shape[2:]), [3, 3], s, p, d)
     layer.per_image, layer.chunk, layer._cached = False, 3, False
     layer.blobs[0].diff[...] = 0
     layer.Backward(top, [True], bottom)
@@ -161,11 +161,11 @@ def _out_size(n, k, s, p, d):
 
 @pytest.mark.parametrize("ishape,kernel,stride,pad,dilation", GEOMETRIES_2D)
 def test_2d_im2col_and_col2im_match_the_table_kernels(ishape, kernel, stride, pad, dilation):
-    from numcaffe.layers.conv import _Im2col
+    from numcaffe.layers.im2col import Im2colGeometry
     oshape = [max(1, _out_size(*a)) for a in zip(ishape, kernel, stride, pad, dilation)]
     N, C = 3, 2
-    two_d = _Im2col(C, list(ishape), oshape, kernel, stride, pad, dilation)
-    table = _Im2col(C, list(ishape), oshape, kernel, stride, pad, dilation, nd=True)
+    two_d = Im2colGeometry(C, list(ishape), oshape, kernel, stride, pad, dilation)
+    table = Im2colGeometry(C, list(ishape), oshape, kernel, stride, pad, dilation, nd=True)
     assert two_d.two_d and not table.two_d
     K, P = two_d.rows, two_d.P
     rs = np.random.RandomState(0)
@@ -184,10 +184,10 @@ def test_2d_im2col_and_col2im_match_the_table_kernels(ishape, kernel, stride, pa
 
 @pytest.mark.parametrize("ishape,kernel,stride,pad,dilation", GEOMETRIES_2D)
 def test_nhwc_columns_are_the_row_columns_reordered(ishape, kernel, stride, pad, dilation):
-    from numcaffe.layers.conv import _Im2col, col2im_nhwc, from_cols, im2col_nhwc, to_cols
+    from numcaffe.layers.im2col import Im2colGeometry, col2im_nhwc, from_cols, im2col_nhwc, to_cols
     oshape = [max(1, _out_size(*a)) for a in zip(ishape, kernel, stride, pad, dilation)]
     N, C = 3, 2
-    geo = _Im2col(C, list(ishape), oshape, kernel, stride, pad, dilation)
+    geo = Im2colGeometry(C, list(ishape), oshape, kernel, stride, pad, dilation)
     K, P, S = geo.rows, geo.P, geo.isize
     rs = np.random.RandomState(1)
     x = rs.standard_normal(N * geo.image_size).astype(np.float32)
