@@ -17,6 +17,7 @@ import numpy as np
 from numcaffe.layers.base import register
 from numcaffe.net.db import DataError, datum_array, open_reader, parse_datum, resolve_path
 from numcaffe.net.errors import ConfigError
+from numcaffe.net.log import get_logger
 from numcaffe.net.prefetch import PrefetchingDataLayer
 from numcaffe.net.proto.caffe_pb2 import Datum
 from numcaffe.net.transform import DataTransformer, decode_image
@@ -122,6 +123,7 @@ class DataLayer(PrefetchingDataLayer):
             transformer.force_color = True
         path = resolve_path(p.source, self.base_dir, f"{self.describe()}: data_param.source")
         reader = open_reader(path, p.backend)
+        get_logger().info("Opened %s %s", reader.backend, p.source)
         try:
             if p.rand_skip:
                 # Caffe's deprecated random skip of up to rand_skip leading records
@@ -134,6 +136,7 @@ class DataLayer(PrefetchingDataLayer):
             reader.close()
             raise
         top[0].reshape((int(p.batch_size),) + shape)
+        get_logger().info("output data size: %s", ",".join(str(d) for d in top[0].shape))
         if len(top) > 1:
             top[1].reshape((int(p.batch_size),))
         self.prefetch_depth = max(1, int(p.prefetch))

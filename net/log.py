@@ -6,7 +6,8 @@ A line looks like Caffe's::
 
 (severity letter, month and day, time with microseconds, thread id, source
 file and line, then the message).  :func:`get_logger` returns the shared
-``numcaffe`` logger; the first call attaches a stderr handler with that format.
+``numcaffe`` logger; the first call attaches a stderr handler with that format
+and takes the level from ``GLOG_minloglevel``, as glog does.
 """
 import logging
 import os
@@ -14,6 +15,8 @@ import sys
 import threading
 import time
 
+#: glog's GLOG_minloglevel (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL), which Caffe users set to quiet a run.
+_LEVELS = {"0": logging.INFO, "1": logging.WARNING, "2": logging.ERROR, "3": logging.CRITICAL}
 _LETTER = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.ERROR: "E",
            logging.CRITICAL: "F"}
 
@@ -58,7 +61,7 @@ def get_logger(name="numcaffe"):
         handler = _StderrHandler()
         handler.setFormatter(GlogFormatter())
         root.addHandler(handler)
-        root.setLevel(logging.INFO)
+        root.setLevel(_LEVELS.get(os.environ.get("GLOG_minloglevel", "0").strip(), logging.INFO))
         root.propagate = False
     return logger
 

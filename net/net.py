@@ -6,12 +6,18 @@ Assembly is a pipeline of small passes, each a function of its own:
    NetState (phase, level, stages);
 2. :func:`insert_splits` adds a Split layer wherever one blob feeds several
    consumers, so their gradients add up;
-3. ``Net._wire`` creates the blobs (a top named like its bottom runs in place),
+3. ``Net._build`` creates the blobs (a top named like its bottom runs in place),
    sets every layer up and records loss weights;
 4. ``Net._append_params`` shares parameters by ``ParamSpec.name`` and records
    ``lr_mult`` / ``decay_mult``;
-5. :func:`need_backward` decides, in a reverse pass, which layers and bottoms
+5. ``Net._prune_backward`` decides, in a reverse pass, which layers and bottoms
    need a gradient at all.
+
+Each step logs what Caffe's Net::Init logs (the filtered net, ``Creating
+Layer``, ``x <- bottom``, ``x -> top``, ``Top shape: 64 20 24 24 (737280)``,
+``Memory required for data``, which layers need backward, the outputs), so a
+Caffe user reads a net's shapes off the log as before; ``GLOG_minloglevel=1``
+silences it, as it does Caffe.
 
 Then ``forward`` and ``backward`` are a loop over the layers each.
 """
@@ -19,6 +25,7 @@ import os
 from collections import OrderedDict
 
 import numpy as np
+from google.protobuf import text_format
 
 import numcaffe.layers  # noqa: F401  (registers every layer type)
 from numcaffe.layers.base import create_layer
@@ -46,36 +53,56 @@ def as_phase(phase):
 # ------------------------------------------------------------------ passes
 
 
+def rule_mismatch(state, rule, layer_name):
+    """Why a NetState fails one NetStateRule, in Caffe's words, or None when it meets it."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return (f"The NetState phase ({state.phase}) differed from the phase ({rule.phase}) specified by a "
+                f"rule in layer {layer_name}")
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return (f"The NetState level ({state.level}) is below the min_level ({rule.min_level}) specified by a "
+                f"rule in layer {layer_name}")
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return (f"The NetState level ({state.level}) is above the max_level ({rule.max_level}) specified by a "
+                f"rule in layer {layer_name}")
+    stages = set(state.stage)
+    for s in rule.stage:
+        if s not in stages:
+            return f"The NetState did not contain stage '{s}' specified by a rule in layer {layer_name}"
+    for s in rule.not_stage:
+        if s in stages:
+            return f"The NetState contained a not_stage '{s}' specified by a rule in layer {layer_name}"
+    return None
+
+
 def state_meets_rule(state, rule):
     """Whether a NetState satisfies one NetStateRule (Caffe's StateMeetsRule)."""
-    if rule.HasField("phase") and rule.phase != state.phase:
-        return False
-    if rule.HasField("min_level") and state.level < rule.min_level:
-        return False
-    if rule.HasField("max_level") and state.level > rule.max_level:
-        return False
-    stages = set(state.stage)
-    if any(s not in stages for s in rule.stage):
-        return False
-    if any(s in stages for s in rule.not_stage):
-        return False
-    return True
+    return rule_mismatch(state, rule, "") is None
 
 
-def layer_included(layer, state):
+def layer_included(layer, state, log=None):
+    """Whether ``state`` keeps ``layer``; ``log`` (a logger) hears why a layer is left out."""
     if len(layer.include) and len(layer.exclude):
         raise ConfigError(f"layer {layer.name!r} has both include and exclude rules; give only one kind")
     if len(layer.include):
-        return any(state_meets_rule(state, r) for r in layer.include)
-    return not any(state_meets_rule(state, r) for r in layer.exclude)
+        reasons = [rule_mismatch(state, r, layer.name) for r in layer.include]
+        if all(reasons) and log is not None:
+            for reason in reasons:
+                log.info("%s", reason)
+        return not all(reasons)
+    for r in layer.exclude:
+        if state_meets_rule(state, r):
+            if log is not None:
+                log.info("The NetState met an exclude rule of layer %s", layer.name)
+            return False
+    return True
 
 
-def filter_net(param, state):
+def filter_net(param, state, log=None):
     """A copy of ``param`` holding only the layers that ``state`` includes."""
     out = caffe_pb2.NetParameter()
     out.CopyFrom(param)
     del out.layer[:]
-    out.layer.extend(l for l in param.layer if layer_included(l, state))
+    out.layer.extend(l for l in param.layer if layer_included(l, state, log))
     return out
 
 
@@ -185,15 +212,17 @@ class Net:
         self.name = param.name
         self.param = param
         self.debug_info = param.debug_info
-        filtered = filter_net(param, state)
+        log = _log()
+        filtered = filter_net(param, state, log)
+        log.info("Initializing net from parameters: \n%s", text_format.MessageToString(filtered).rstrip())
         self.net_param = insert_splits(filtered)
-        self._build(self.net_param)
+        self._build(self.net_param, log)
         if weights:
             for w in ([weights] if isinstance(weights, (str, os.PathLike)) else weights):
                 self.copy_from(w)
 
     # -- assembly -------------------------------------------------------------------
-    def _build(self, param):
+    def _build(self, param, log):
         self.layers = []
         self._layer_names = []
         self.blobs = OrderedDict()
@@ -209,10 +238,12 @@ class Net:
         self.params_weight_decay = []
         self.param_display_names = []
         self.param_layer_names = []       # the layer that owns each learnable parameter
+        self._param_index = []            # and its index among that layer's blobs
         self._param_owner = {}            # ParamSpec name -> index into learnable_params
         self._param_lr_set = {}
         available = OrderedDict()
         seen_layer_names = set()
+        memory_used = 0               # elements of all tops so far, as Caffe counts them
         for layer_param in param.layer:
             if not layer_param.HasField("phase"):
                 layer_param.phase = self.phase
@@ -222,6 +253,7 @@ class Net:
             layer = create_layer(layer_param)
             layer.base_dir = self.base_dir
             layer.rng = nc_random.new_generator()
+            log.info("Creating Layer %s", layer_param.name)
             bottoms, tops = [], []
             need = []
             if len(layer_param.propagate_down) not in (0, len(layer_param.bottom)):
@@ -232,6 +264,7 @@ class Net:
                     raise ConfigError(f"layer {layer_param.name!r} ({layer_param.type}): unknown bottom blob "
                                       f"{name!r} (bottom {j})")
                 bottoms.append(self.blobs[name])
+                log.info("%s <- %s", layer_param.name, name)
                 ok = self.blob_need_backward[name]
                 if len(layer_param.propagate_down):
                     ok = ok and layer_param.propagate_down[j]
@@ -240,6 +273,7 @@ class Net:
             for j, name in enumerate(layer_param.top):
                 if j < len(layer_param.bottom) and layer_param.bottom[j] == name:
                     tops.append(self.blobs[name])          # in place
+                    log.info("%s -> %s (in-place)", layer_param.name, name)
                 elif name in self.blobs:
                     raise ConfigError(f"layer {layer_param.name!r}: top blob {name!r} is produced by more "
                                       f"than one layer (only in-place reuse, top == bottom at the same "
@@ -248,6 +282,7 @@ class Net:
                     blob = Blob()
                     self.blobs[name] = blob
                     tops.append(blob)
+                    log.info("%s -> %s", layer_param.name, name)
                 available[name] = True
                 if layer_param.type == "Input":
                     self.inputs.append(name)
@@ -257,6 +292,13 @@ class Net:
                 msg = str(e)
                 prefix = f"layer {layer_param.name!r}"
                 raise type(e)(msg if prefix in msg else f"{prefix} ({layer_param.type}): {msg}") from None
+            log.info("Setting up %s", layer_param.name)
+            for j, top in enumerate(tops):
+                log.info("Top shape: %s", _shape_string(top))
+                if layer.loss(j):
+                    log.info("    with loss weight %g", layer.loss(j))
+                memory_used += top.count
+            log.info("Memory required for data: %d", memory_used * 4)
             self.layers.append(layer)
             self._layer_names.append(layer_param.name)
             self.bottom_vecs.append(bottoms)
@@ -270,8 +312,14 @@ class Net:
             self.bottom_need_backward.append(need)
             self.layer_need_backward.append(layer_needs)
         self._prune_backward(param)
+        for i in range(len(self.layers) - 1, -1, -1):
+            log.info("%s %s backward computation.", self._layer_names[i],
+                     "needs" if self.layer_need_backward[i] else "does not need")
         self.outputs = sorted(available)   # Caffe keeps them in a std::set: sorted by name
+        for name in self.outputs:
+            log.info("This network produces output %s", name)
         self._layer_index = {n: i for i, n in enumerate(self._layer_names)}
+        log.info("Network initialization done.")
 
     def _append_params(self, layer, layer_param):
         """Register the layer's learnable blobs; share by ParamSpec name. Returns param need."""
@@ -289,6 +337,8 @@ class Net:
             if name and name in self._param_owner:
                 k = self._param_owner[name]
                 owner = self.learnable_params[k]
+                _log().info("Sharing parameters '%s' owned by layer '%s', param index %d", name,
+                            self.param_layer_names[k], self._param_index[k])
                 strict = spec.share_mode == caffe_pb2.ParamSpec.STRICT
                 if (owner.shape != blob.shape) if strict else (owner.count != blob.count):
                     raise ConfigError(f"layer {layer.name!r}: shared parameter {name!r} has shape {blob.shape} "
@@ -311,6 +361,7 @@ class Net:
                 self.params_weight_decay.append(spec.decay_mult)
                 self.param_display_names.append(name or f"{layer.name}[{j}]")
                 self.param_layer_names.append(layer.name)
+                self._param_index.append(j)
                 if spec.HasField("lr_mult"):
                     self._param_lr_set[k] = spec.lr_mult
                 if name:
@@ -589,6 +640,11 @@ class Net:
 
 def _abs_mean(values):
     return float(np.abs(values).mean()) if values.size else 0.0
+
+
+def _shape_string(blob):
+    """Caffe's Blob::shape_string: the axes, then the count in parentheses (``64 1 28 28 (50176)``)."""
+    return "".join(f"{d} " for d in blob.shape) + f"({blob.count})"
 
 
 def _log():

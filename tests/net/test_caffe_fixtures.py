@@ -51,3 +51,47 @@ def test_our_caffemodel_has_caffes_messages_names_and_shapes(caffe_net, tmp_path
     for name, blobs in caffe_net.params.items():
         for p, q in zip(blobs, again.params[name]):
             np.testing.assert_array_equal(p.data, q.data)
+
+
+# -- the net-initialization log, line by line against Caffe's ---------------------------
+
+_INIT_MESSAGES = ("The NetState", "Creating Layer", "Setting up", "Top shape:", "with loss weight",
+                  "Memory required for data", "This network produces output", "Network initialization done",
+                  "Opened lmdb", "output data size")
+
+
+def _init_messages(lines, sources):
+    """The messages of a glog-format log written while nets are built (by files ``sources``), in order."""
+    out = []
+    for line in lines:
+        head, sep, msg = line.partition("] ")
+        msg = msg.strip()
+        if sep and head.split()[-1].split(":")[0] in sources and (
+                msg.startswith(_INIT_MESSAGES) or " <- " in msg or " -> " in msg or "backward computation" in msg):
+            out.append(msg)
+    return out
+
+
+def test_building_caffes_lenet_logs_what_caffes_net_init_logs(tmp_path, monkeypatch, capsys):
+    """TRAIN and TEST nets of Caffe's own prototxt: every Opened lmdb, output data size, Creating Layer,
+    <-, ->, Top shape, Memory required, backward and output line, in order, as in Caffe's training log."""
+    from numcaffe.net.db import LMDB, array_datum, open_writer
+    from numcaffe.net.net import Net
+    for name in ("train_lmdb", "test_lmdb"):  # the sources the prototxt names, in the working directory
+        with open_writer(str(tmp_path / name), LMDB) as w:
+            for i in range(3):
+                w.put(b"%08d" % i, array_datum(np.zeros((1, 28, 28), np.uint8), label=i).SerializeToString())
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    for phase in ("TRAIN", "TEST"):
+        Net(os.path.join(FIX, "lenet_train_test.prototxt"), phase)
+    ours = _init_messages(capsys.readouterr().err.splitlines(), ("net.py", "data.py"))
+    with open(os.path.join(FIX, "lenet_train.log")) as f:
+        caffes = _init_messages(f.read().splitlines(), ("net.cpp", "db_lmdb.cpp", "data_layer.cpp"))
+    assert len(caffes) > 150 and "Top shape: 100 20 24 24 (1152000)" in caffes and "relu1 -> ip1 (in-place)" in caffes
+    assert "Opened lmdb train_lmdb" in caffes and "output data size: 100,1,28,28" in caffes
+    # Caffe opens the database in the layer's constructor, one line before "Creating Layer"; numcaffe in
+    # its setup, a few lines after: compare those lines on their own.
+    opened = [[m for m in msgs if m.startswith("Opened")] for msgs in (ours, caffes)]
+    assert opened[0] == opened[1] == ["Opened lmdb train_lmdb", "Opened lmdb test_lmdb"]
+    assert [m for m in ours if not m.startswith("Opened")] == [m for m in caffes if not m.startswith("Opened")]

@@ -339,3 +339,35 @@ def test_a_weighted_top_keeps_its_weight_when_the_batch_grows():
     net.Backward()
     # d(2 * sum(W x + b))/db = 2 per example and output
     np.testing.assert_allclose(net.params["a"][1].diff, 2 * 7, rtol=1e-6)
+
+
+def test_init_log_says_why_layers_are_left_out_and_which_parameters_are_shared(capsys):
+    capsys.readouterr()
+    make_net(RULES, TRAIN)
+    err = capsys.readouterr().err
+    assert "The NetState phase (0) differed from the phase (1) specified by a rule in layer test_only" in err
+    assert "The NetState did not contain stage 'deploy' specified by a rule in layer staged" in err
+    assert "The NetState level (0) is below the min_level (2) specified by a rule in layer leveled" in err
+    assert "not_staged" not in err.split("Initializing net from parameters")[0]  # kept: no reason given
+    shared = 'param { name: "w" } param { name: "bias" }'
+    make_net('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 3 dim: 4 } } }\n'
+             + ip("a", "x", "ya", n=4, extra=shared) + ip("b", "ya", "yb", n=4, extra=shared))
+    err = capsys.readouterr().err
+    assert "Sharing parameters 'w' owned by layer 'a', param index 0" in err
+    assert "Sharing parameters 'bias' owned by layer 'a', param index 1" in err
+    assert "Top shape: 3 4 (12)" in err and "Memory required for data: 144" in err  # x, ya, yb: 3 * 12 floats
+
+
+@pytest.mark.parametrize("level,shown", [("0", True), ("1", False)])
+def test_glog_minloglevel_silences_the_init_log(level, shown):
+    import os
+    import subprocess
+    import sys
+    code = ("from numcaffe.net import Net; from numcaffe.net.proto import caffe_pb2; "
+            "from google.protobuf import text_format; "
+            "Net(text_format.Parse('layer { name: \"in\" type: \"Input\" top: \"x\" "
+            "input_param { shape { dim: 2 } } }', caffe_pb2.NetParameter()))")
+    env = dict(os.environ, GLOG_minloglevel=level)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert ("Top shape: 2 (2)" in out.stderr) == shown
