@@ -587,8 +587,10 @@ class Net:
                 raise ModelFileError(f"{where}: holds no layers; is it a .caffemodel?")
         sources = [(l.name, l.blobs) for l in param.layer] + [(l.name, l.blobs) for l in param.layers]
         copied = 0
+        log = _log()
         for name, blobs in sources:
             if name not in self._layer_index:
+                log.info("Ignoring source layer %s", name)   # as Caffe: renamed layers start afresh
                 continue
             layer = self.layers[self._layer_index[name]]
             if len(blobs) == 0:
@@ -602,6 +604,8 @@ class Net:
                                          f"{proto_shape(bp)}, the net expects {blob.shape}")
                 blob.data[...] = proto_array(bp, blob.shape)
             copied += 1
+        if sources and not any(name in self._layer_index for name, _ in sources):
+            log.warning("%s: no layer of this net has a name that is in the file; nothing was copied", where)
         return copied
 
     def to_proto(self, write_diff=False):

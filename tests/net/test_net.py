@@ -273,6 +273,27 @@ def test_save_and_copy_from_round_trip(tmp_path):
             np.testing.assert_array_equal(p.data, q.data)
 
 
+def test_fine_tuning_a_renamed_layer_logs_it_and_keeps_its_fresh_weights(tmp_path, capsys):
+    net = make_net(PROTOTXT_NET)
+    path = str(tmp_path / "w.caffemodel")
+    net.save(path)
+    set_random_seed(7)
+    tuned = Net(text_format.Parse(PROTOTXT_NET.replace('name: "b"', 'name: "b_new"'), caffe_pb2.NetParameter()))
+    fresh = tuned.params["b_new"][0].data.copy()
+    capsys.readouterr()
+    assert tuned.copy_from(path) == 1
+    err = capsys.readouterr().err
+    assert "Ignoring source layer b\n" in err and "Ignoring source layer a\n" not in err
+    assert not np.array_equal(fresh, net.params["b"][0].data)
+    np.testing.assert_array_equal(tuned.params["a"][0].data, net.params["a"][0].data)
+    np.testing.assert_array_equal(tuned.params["b_new"][0].data, fresh)
+    stranger = make_net(PROTOTXT_NET.replace('name: "a"', 'name: "a2"').replace('name: "b"', 'name: "b2"')
+                        .replace('name: "in"', 'name: "in2"').replace('name: "act"', 'name: "act2"')
+                        .replace('name: "loss"', 'name: "loss2"'))
+    assert stranger.copy_from(path) == 0
+    assert "no layer of this net has a name that is in the file; nothing was copied" in capsys.readouterr().err
+
+
 def test_copy_from_shape_mismatch_names_layer_and_shapes(tmp_path):
     net = make_net(PROTOTXT_NET)
     path = str(tmp_path / "w.caffemodel")
