@@ -48,3 +48,19 @@ def test_nan_in_forward_names_layer_blob_iteration_and_keeps_a_snapshot(tmp_path
 def test_inf_in_backward_with_a_finite_loss_is_caught_at_the_gradient(tmp_path):
     msg = solve(BACKWARD_INF, tmp_path)
     assert "iteration 0" in msg and "layer 'root'" in msg and "bottom blob 'h' diff" in msg and "backward" in msg
+
+
+@pytest.mark.parametrize("value,finite", [(1e30, True), (-3e19, True), (np.nan, False), (np.inf, False),
+                                          (-np.inf, False)])
+def test_gradient_check_tells_huge_finite_values_from_nan_and_inf(tmp_path, value, finite):
+    """1e30 squared overflows the quick dot-product test; the element check must then keep training."""
+    sp = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy="fixed", max_iter=1, random_seed=1,
+                                   snapshot_prefix=str(tmp_path / "run"))
+    text_format.Parse(HEAD % (1, 1) + 'layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "t" '
+                      'top: "loss" }', sp.net_param)
+    solver = get_solver(sp)
+    diff = solver.net.learnable_params[0].flat_diff
+    diff[...] = 1.0
+    diff[1] = value
+    with np.errstate(all="ignore"):
+        assert solver._gradients_finite() is finite
