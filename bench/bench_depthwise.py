@@ -1,4 +1,4 @@
-"""Depthwise 3x3 convolution on MobileNet shapes: conv.py's direct kernels, layers/depthwise.py, PyTorch.
+"""Depthwise 3x3 convolution on MobileNet shapes: layers/depthwise.py's kernels against PyTorch.
 
     python bench/bench_depthwise.py [--rounds 5] [--iters 10]
 
@@ -32,7 +32,7 @@ def _median_ms(fn, rounds, iters):
 
 def numcaffe_times(rounds, iters):
     import numpy as np
-    from numcaffe.layers import conv, depthwise
+    from numcaffe.layers import depthwise as mod
     out = {}
     for N, C, H, s in SHAPES:
         Ho = (H + 2 - 3) // s + 1
@@ -43,17 +43,15 @@ def numcaffe_times(rounds, iters):
         y = np.empty(N * C * Ho * Ho, np.float32)
         dy = rs.standard_normal(y.size).astype(np.float32)
         dw, dx = np.zeros_like(w), np.empty_like(x)
-        row = []
-        for mod in (conv, depthwise):
-            if s == 1:
-                fwd = lambda: mod.depthwise_forward_s1(x, N, C, H, H, w, C, 3, 3, 1, 1, 1, 1, Ho, Ho, b, True, y)  # noqa: E731
-                bwd = lambda: mod.depthwise_backward_s1(x, dy, N, C, H, H, w, C, 3, 3, 1, 1, 1, 1, Ho, Ho,  # noqa: E731
-                                                        dw, True, dx, True)
-            else:
-                fwd = lambda: mod.depthwise_forward(x, N, C, H, H, w, C, 3, 3, s, s, 1, 1, 1, 1, Ho, Ho, b, True, y)  # noqa: E731
-                bwd = lambda: mod.depthwise_backward(x, dy, N, C, H, H, w, C, 3, 3, s, s, 1, 1, 1, 1, Ho, Ho,  # noqa: E731
-                                                     dw, True, dx, True)
-            row += [_median_ms(fwd, rounds, iters), _median_ms(bwd, rounds, iters)]
+        if s == 1:
+            fwd = lambda: mod.depthwise_forward_s1(x, N, C, H, H, w, C, 3, 3, 1, 1, 1, 1, Ho, Ho, b, True, y)  # noqa: E731
+            bwd = lambda: mod.depthwise_backward_s1(x, dy, N, C, H, H, w, C, 3, 3, 1, 1, 1, 1, Ho, Ho,  # noqa: E731
+                                                    dw, True, dx, True)
+        else:
+            fwd = lambda: mod.depthwise_forward(x, N, C, H, H, w, C, 3, 3, s, s, 1, 1, 1, 1, Ho, Ho, b, True, y)  # noqa: E731
+            bwd = lambda: mod.depthwise_backward(x, dy, N, C, H, H, w, C, 3, 3, s, s, 1, 1, 1, 1, Ho, Ho,  # noqa: E731
+                                                 dw, True, dx, True)
+        row = [_median_ms(fwd, rounds, iters), _median_ms(bwd, rounds, iters)]
         out[str((N, C, H, s))] = row
     return out
 
@@ -102,18 +100,13 @@ def main():
     except (subprocess.CalledProcessError, json.JSONDecodeError):
         theirs = None
     print("depthwise 3x3 pad 1; median ms per call (backward = dx and dw; torch's = fwd+bwd minus fwd)")
-    print(f"{'N,C,H,stride':18s} {'conv.py fwd':>11s} {'bwd':>7s} {'new fwd':>8s} {'bwd':>7s}"
-          f" {'torch fwd':>9s} {'bwd':>7s}  {'old/torch':>9s} {'new/torch':>9s} {'old/new':>7s}")
-    for key, (of, ob, nf, nb) in ours.items():
-        line = f"{key:18s} {of:11.3f} {ob:7.3f} {nf:8.3f} {nb:7.3f}"
+    print(f"{'N,C,H,stride':18s} {'fwd':>8s} {'bwd':>7s} {'torch fwd':>9s} {'bwd':>7s}  {'ratio':>6s}")
+    for key, (nf, nb) in ours.items():
+        line = f"{key:18s} {nf:8.3f} {nb:7.3f}"
         if theirs:
             tf, tb = theirs[key]
-            line += f" {tf:9.3f} {tb:7.3f}  {(of + ob) / (tf + tb):9.2f} {(nf + nb) / (tf + tb):9.2f}"
-        else:
-            line += " " * 38
-        line += f" {(of + ob) / (nf + nb):7.2f}"
+            line += f" {tf:9.3f} {tb:7.3f}  {(nf + nb) / (tf + tb):6.2f}"
         print(line)
-
 
 if __name__ == "__main__":
     sys.exit(main())
