@@ -1,8 +1,9 @@
 """``numcaffe time``: per-layer forward and backward timings, in Caffe's format.
 
-As Caffe's ``caffe time``: one untimed forward pass, then ``--iterations``
-forward and backward passes with every layer timed on its own, then the average
-per layer and the averages per pass.
+As Caffe's ``caffe time``: one untimed forward and backward pass (which also
+loads every kernel, so the first timed iteration pays no compilation), then
+``--iterations`` forward and backward passes with every layer timed on its own,
+then the average per layer and the averages per pass.
 """
 import time as _time
 
@@ -25,7 +26,8 @@ def time_net(net, iterations, log=None):
     n = len(net.layers)
     fwd, bwd = [0.0] * n, [0.0] * n
     clock = _time.perf_counter
-    net.Forward()  # warm-up: first pass compiles kernels and fills caches
+    net.Forward()  # warm-up: the first passes load (or compile) the kernels and fill caches
+    net.Backward()
     total_fwd = total_bwd = 0.0
     start_all = clock()
     for it in range(iterations):
@@ -63,6 +65,8 @@ def run(args):
     log.info("Performing Forward")
     loss = net.Forward()
     log.info("Initial loss: %g", loss)
+    log.info("Performing Backward")
+    net.Backward()
     log.info("*** Benchmark begins ***")
     log.info("Testing for %d iterations.", args.iterations)
     fwd, bwd, f, b, total = time_net(net, args.iterations, log)
