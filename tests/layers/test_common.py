@@ -65,6 +65,24 @@ def test_inner_product_transpose_stores_weights_k_by_n_and_backward_matches_nump
     np.testing.assert_allclose(bottom[0].diff, dy @ w.T, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("M", [1, 2, 4, 5, 9])  # both sides of RANK_UPDATE_MAX_M
+def test_inner_product_weight_gradient_accumulates_on_both_paths(M, transpose):
+    from numcaffe.layers import inner_product
+    assert inner_product.RANK_UPDATE_MAX_M in (4, 5, 6, 7, 8)  # the cases above cover both paths
+    layer = make(f'type: "InnerProduct" inner_product_param {{ num_output: 7 transpose: {str(transpose).lower()} '
+                 'weight_filler { type: "gaussian" std: 1 } }')
+    x = rs.randn(M, 11).astype(np.float32)
+    bottom, top = setup(layer, x)
+    before = rs.randn(*layer.blobs[0].shape).astype(np.float32)
+    layer.blobs[0].diff[...] = before  # parameter diffs accumulate
+    dy = rs.randn(M, 7).astype(np.float32)
+    run(layer, bottom, top, dy)
+    want = before + (x.T @ dy if transpose else dy.T @ x)
+    np.testing.assert_allclose(layer.blobs[0].diff, want, rtol=1e-5, atol=1e-5)
+    assert (layer._dw is None) == (M <= inner_product.RANK_UPDATE_MAX_M)  # no weight-sized scratch when small
+
+
 def test_inner_product_rejects_a_different_input_size():
     layer = make('type: "InnerProduct" inner_product_param { num_output: 2 }')
     bottom, top = setup(layer, np.zeros((2, 6)))
