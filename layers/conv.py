@@ -29,7 +29,7 @@ copies themselves are in layers/im2col.py):
   for the ``(K, N * P)`` layout); jitted transposes to and from NCHW.
   Otherwise ``(K, N * P)`` columns.  Groups are one stacked matmul, never a loop.
 * Columns and other scratch arrays live in one workspace per thread, shared
-  by all convolution layers (grown, never freed); batches whose columns exceed
+  by all convolution layers (grown as needed, freed with the last layer); batches whose columns exceed
   ``COL_LIMIT`` elements run in chunks of images.  When one chunk holds the
   whole batch and no other layer has used the column buffer since, backward
   reuses forward's columns for the weight gradient (in a chain of convolutions,
@@ -43,6 +43,7 @@ copies themselves are in layers/im2col.py):
   alone 1.5x faster but LeNet training no faster (10.1 against 10.2-10.4 ms).
 """
 import threading
+import weakref
 
 import numpy as np
 
@@ -63,20 +64,22 @@ PER_IMAGE_MIN_P = 256
 DW_BATCH_LIMIT = 1 << 20
 
 
-class _Workspace(threading.local):
+class _Workspace:
     """Named float32 scratch arrays shared by every convolution layer that runs on one thread.
 
     Layers of a thread run one at a time, so one column buffer serves them all
     (Caffe gives each layer its own, which for a deep net -- or LeNet's TRAIN
     and TEST nets -- multiplies the biggest scratch array by the number of
-    layers).  Arrays grow to the largest request and are kept; ``COL_LIMIT``
-    bounds the biggest.  Each name remembers which layer took it last, so a
-    layer knows whether what it wrote there (forward's columns) is still there.
+    layers).  Arrays grow to the largest request; ``COL_LIMIT`` bounds the
+    biggest.  Each name remembers which layer took it last, so a layer knows
+    whether what it wrote there (forward's columns) is still there.  The arrays
+    are freed when the last layer made on the thread is gone.
     """
 
     def __init__(self):
         self.arrays = {}
         self.owners = {}
+        self.users = 0
 
     def get(self, owner, name, size):
         a = self.arrays.get(name)
@@ -86,22 +89,39 @@ class _Workspace(threading.local):
         self.owners[name] = owner
         return a[:size]
 
+    def leave(self):
+        self.users -= 1
+        if self.users <= 0:
+            self.arrays.clear()
+            self.owners.clear()
 
-_WORKSPACE = _Workspace()
+
+_THREAD = threading.local()
+
+
+def _workspace():
+    """This thread's workspace."""
+    ws = getattr(_THREAD, "workspace", None)
+    if ws is None:
+        ws = _THREAD.workspace = _Workspace()
+    return ws
 
 
 class _Scratch:
-    """One layer's handle on its thread's shared workspace."""
+    """One layer's handle on the shared workspace of the thread it runs on."""
 
     def __init__(self):
         self.token = object()  # names the layer in the workspace without keeping it alive
+        home = _workspace()
+        home.users += 1
+        weakref.finalize(self, home.leave)
 
     def get(self, name, size):
-        return _WORKSPACE.get(self.token, name, size)
+        return _workspace().get(self.token, name, size)
 
     def holds(self, name):
         """Whether no other layer has taken ``name`` since this one did."""
-        return _WORKSPACE.owners.get(name) is self.token
+        return _workspace().owners.get(name) is self.token
 
 
 def _gemm(a, b, out):

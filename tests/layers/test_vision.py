@@ -393,3 +393,31 @@ def test_conv_backward_after_another_conv_used_the_workspace_is_right(path):
     interleaved = backward(a, a_bottom, a_top)
     for got, want in zip(interleaved, alone):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_workspace_is_freed_with_the_last_convolution_layer():
+    """In a new thread (a workspace of its own): the arrays live while a layer made there does."""
+    import gc
+    import threading
+
+    from numcaffe.layers import conv
+    seen = {}
+
+    def body():
+        ws = conv._workspace()
+        text = 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 }'
+        a, a_bottom, a_top = make(text, (2, 3, 8, 8))
+        b, b_bottom, b_top = make(text, (2, 3, 8, 8))
+        a.Forward(a_bottom, a_top)
+        seen["two"] = (ws.users, bool(ws.arrays))
+        del a
+        gc.collect()
+        seen["one"] = (ws.users, bool(ws.arrays))
+        del b
+        gc.collect()
+        seen["none"] = (ws.users, bool(ws.arrays), bool(ws.owners))
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen == {"two": (2, True), "one": (1, True), "none": (0, False, False)}
