@@ -128,6 +128,7 @@ class DataLayer(PrefetchingDataLayer):
             if p.rand_skip:
                 # Caffe's deprecated random skip of up to rand_skip leading records
                 skip = int(self.random.integers(p.rand_skip))
+                get_logger().info("Skipping first %d data points.", skip)
                 reader.read(skip)
             source = DatumSource(reader, transformer, int(p.batch_size), self.random, len(top) > 1,
                                  self.describe())

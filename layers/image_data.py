@@ -21,6 +21,7 @@ from numcaffe.layers.base import register
 from numcaffe.layers.data import generator_like
 from numcaffe.net.db import DataError, resolve_path
 from numcaffe.net.errors import ConfigError
+from numcaffe.net.log import get_logger
 from numcaffe.net.prefetch import PrefetchingDataLayer
 from numcaffe.net.transform import DataTransformer, decode_image
 
@@ -141,7 +142,12 @@ class ImageDataLayer(PrefetchingDataLayer):
         transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.base_dir,
                                       self.describe(), legacy=p)
         list_path = resolve_path(p.source, self.base_dir, f"{self.describe()}: image_data_param.source")
+        log = get_logger()
+        log.info("Opening file %s", p.source)
         items = read_image_list(list_path, self.describe())
+        if p.shuffle:
+            log.info("Shuffling data")
+        log.info("A total of %d images.", len(items))
         # Caffe opens root_folder + path from the working directory; when the first image is found
         # only next to the config file, every path is taken from there.
         prefix = p.root_folder
@@ -157,7 +163,9 @@ class ImageDataLayer(PrefetchingDataLayer):
                 raise ConfigError(f"{self.describe()}: rand_skip {p.rand_skip} exceeds the number of "
                                   f"images ({len(resolved)})")
             source.index = int(self.random.integers(p.rand_skip))
+            log.info("Skipping first %d data points.", source.index)
         shape = source.item_shape()
         top[0].reshape((int(p.batch_size),) + shape)
+        log.info("output data size: %s", ",".join(str(d) for d in top[0].shape))
         top[1].reshape((int(p.batch_size),))
         self.start_prefetch(source)

@@ -87,6 +87,18 @@ def test_image_data_shuffle_visits_every_image_once_per_epoch():
     layer.close()
 
 
+def test_image_data_logs_caffes_setup_lines(capsys):
+    text = (f'type: "ImageData" top: "data" top: "label" image_data_param {{ source: "{cd.IMAGE_LIST}" '
+            f'root_folder: "{cd.IMAGE_ROOT}" batch_size: 7 shuffle: true }}')
+    capsys.readouterr()
+    layer, top = make(text, seed=3)
+    err = capsys.readouterr().err
+    layer.close()
+    lines = [ln.split("] ", 1)[1] for ln in err.splitlines() if "] " in ln]
+    assert lines[:3] == [f"Opening file {cd.IMAGE_LIST}", "Shuffling data", f"A total of {len(cd.IMAGE_LABELS)} images."]
+    assert f"output data size: 7,{top[0].shape[1]},{top[0].shape[2]},{top[0].shape[3]}" in lines
+
+
 def test_hdf5_shuffle_covers_all_rows_per_pass():
     text = (f'type: "HDF5Data" top: "data" top: "label" hdf5_data_param {{ source: "{cd.H5_LIST}" '
             f'batch_size: 8 shuffle: true }}')
