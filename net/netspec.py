@@ -26,7 +26,8 @@ As in pycaffe:
   (``convolution_param=dict(...)``); dicts fill messages, lists fill repeated
   fields, a scalar given for a repeated field is one element;
 * layers are named after their first top, tops after the attribute they are
-  assigned to (unassigned ones get ``<Type><k>``);
+  assigned to (unassigned ones get ``<Type><k>``); a layer without tops
+  (``n.silence = L.Silence(n.data, ntop=0)``) is named after its attribute;
 * ``P.<Type>.<ENUM>`` is the enum value (``P.Pooling.MAX``); enum fields also
   take the value's name as a string (``pool="MAX"``).
 
@@ -268,9 +269,7 @@ class NetSpec:
         super().__setattr__("tops", OrderedDict())
 
     def __setattr__(self, name, value):
-        if isinstance(value, Function):
-            raise ConfigError(f"NetSpec.{name}: a layer with ntop=0 has no top to name")
-        if not isinstance(value, Top):
+        if not isinstance(value, (Top, Function)):   # a Function: a layer with ntop=0, named `name`
             raise ConfigError(f"NetSpec.{name}: expected a layer's output (L.<Type>(...)), got {value!r}")
         self.tops[name] = value
 

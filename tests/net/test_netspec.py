@@ -69,9 +69,21 @@ def test_ntop_zero_and_free_to_proto():
     silence = L.Silence(data, ntop=0)
     net = to_proto(data)
     assert [l.type for l in net.layer] == ["Input"]
+    assert silence.tops == ()
+
+
+def test_a_layer_without_tops_is_assigned_by_its_layer_name():
+    # pycaffe's own test_zero_tops: `n.silence_data = L.Silence(n.data, ntop=0)` names the layer
     n = NetSpec()
-    with pytest.raises(ConfigError, match="ntop=0 has no top"):
-        n.s = silence
+    n.data, n.data2 = L.DummyData(shape=dict(dim=3), ntop=2)
+    n.silence_data = L.Silence(n.data, ntop=0)
+    n.silence_data2 = L.Silence(n.data2, ntop=0)
+    proto = n.to_proto()
+    assert [(l.name, l.type, list(l.bottom), list(l.top)) for l in proto.layer] == [
+        ("data", "DummyData", [], ["data", "data2"]),
+        ("silence_data", "Silence", ["data"], []),
+        ("silence_data2", "Silence", ["data2"], [])]
+    assert n.to_net("TEST").forward() == {}
 
 
 def test_repeated_scalar_and_nested_messages():
