@@ -28,7 +28,7 @@ read as before) or write a plain class with the same methods::
 
 Blobs have ``.data`` and ``.diff`` (numpy arrays, written in place),
 ``.reshape(*shape)``, ``.shape``, ``.count`` and ``.num/.channels/.height/.width``.
-``self.param_str``, ``self.phase`` (0 TRAIN, 1 TEST) and ``self.layer_param``
+``self.param_str``, ``self.phase`` (``TRAIN`` 0 or ``TEST`` 1, as in pycaffe) and ``self.layer_param``
 are set before ``setup``; ``self.blobs.add_blob(*shape)`` adds a learnable
 parameter (saved in .caffemodel files, updated by the solver).  As for every
 layer, ``backward`` overwrites bottom diffs and adds into parameter diffs.
@@ -43,6 +43,7 @@ import traceback
 from numcaffe.layers import base as _base
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError, NumcaffeError
+from numcaffe.net.proto.caffe_pb2 import TEST, TRAIN  # noqa: F401  (pycaffe's caffe.TRAIN / caffe.TEST)
 
 
 class BlobVec(list):

@@ -127,3 +127,24 @@ def test_cli_reports_python_layer_errors_cleanly(tmp_path, capsys):
     assert status == 0  # drawing does not import the layer's code
     status, _, err = cli(["gradcheck", path], capsys)
     assert_clean_error(status, err, "'no_such_layer_module' not found")
+
+
+def test_pycaffe_code_ports_with_the_documented_import(tmp_path, unique_module):
+    # the docs promise that `import numcaffe.layers.python_layer as caffe` ports pycaffe layers;
+    # those compare self.phase with caffe.TRAIN / caffe.TEST
+    (tmp_path / f"{unique_module}.py").write_text(textwrap.dedent("""
+        import numcaffe.layers.python_layer as caffe
+        class DropInTrain(caffe.Layer):
+            def setup(self, bottom, top):
+                assert self.phase in (caffe.TRAIN, caffe.TEST)
+            def reshape(self, bottom, top):
+                top[0].reshape(*bottom[0].data.shape)
+            def forward(self, bottom, top):
+                top[0].data[...] = bottom[0].data * (0 if self.phase == caffe.TRAIN else 1)
+            def backward(self, top, propagate_down, bottom):
+                pass
+    """))
+    path = _write_net(tmp_path, _py_layer(unique_module, "DropInTrain"))
+    x = np.ones((2, 3), np.float32)
+    assert Net(path, TRAIN).forward(x=x)["y"].sum() == 0
+    assert Net(path, TEST).forward(x=x)["y"].sum() == 6
