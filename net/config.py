@@ -100,6 +100,10 @@ def read_message(path, message_class, syntax=None, upgrade=True):
 
 
 def parse_binary(raw, msg, path="<bytes>"):
+    if raw[:8] == b"\x89HDF\r\n\x1a\n":
+        raise ModelFileError(f"{path}: is an HDF5 file (as Caffe's snapshot_format: HDF5 writes), not a binary "
+                             f"{msg.DESCRIPTOR.name}; numcaffe reads HDF5 weights and solver states from files "
+                             f"named *.h5 in --weights, --snapshot and Net.copy_from")
     try:
         msg.ParseFromString(raw)
     except (pb_message.DecodeError, RuntimeError, ValueError, OverflowError) as e:

@@ -133,3 +133,15 @@ def test_written_files_get_the_usual_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+
+
+def test_an_hdf5_caffemodel_is_named_as_hdf5_not_called_corrupt(tmp_path, capsys):
+    # Caffe writes weights as .caffemodel.h5 with snapshot_format: HDF5; convert reads protobuf files only,
+    # and must say that rather than call a valid file corrupt
+    from numcaffe.net import Net
+    net = Net(str(ROOT / "configs" / "xor" / "net.prototxt"), "TEST")
+    h5 = tmp_path / "xor.caffemodel.h5"
+    net.save(str(h5))
+    assert main(["convert", str(h5), str(tmp_path / "x.prototxt")]) == 1
+    err = capsys.readouterr().err
+    assert "HDF5" in err and "corrupt" not in err and "Traceback" not in err
