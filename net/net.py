@@ -534,6 +534,37 @@ class Net:
         names = list(names) + [b for b in (blobs or ()) if b not in names]
         return {n: self.blobs[n].data for n in names}
 
+    def forward_all(self, blobs=None, **kwargs):
+        """pycaffe's forward_all: run input arrays of any length through in batches of the net's batch size.
+
+        The last batch is padded with zeros; returns {output (and ``blobs``) name: array} with one row per
+        input row (a 0-d output, such as a loss, gives one value per batch).
+        """
+        if not kwargs:
+            return {name: value.copy() for name, value in self.forward(blobs=blobs).items()}
+        arrays = {name: np.asarray(value, dtype=np.float32) for name, value in kwargs.items()}
+        for name in arrays:
+            if name not in self.blobs:
+                raise ConfigError(f"net has no blob {name!r} to set the data of")
+        total = {len(a) for a in arrays.values()}
+        if len(total) != 1:
+            raise ConfigError(f"forward_all needs inputs with one number of rows; got "
+                              f"{ {name: len(a) for name, a in arrays.items()} }")
+        total = total.pop()
+        batch = self.blobs[next(iter(arrays))].shape[0]
+        parts = OrderedDict()
+        for begin in range(0, total, batch):
+            chunk = {}
+            for name, a in arrays.items():
+                rows = a[begin:begin + batch]
+                if len(rows) < batch:
+                    rows = np.concatenate([rows, np.zeros((batch - len(rows),) + rows.shape[1:], np.float32)])
+                chunk[name] = rows
+            for name, value in self.forward(blobs=blobs, **chunk).items():
+                parts.setdefault(name, []).append(np.array(value, copy=True, ndmin=1))
+        return {name: np.concatenate(values)[:total] if values[0].shape[0] == batch else np.concatenate(values)
+                for name, values in parts.items()}
+
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Set output diffs from ``kwargs``, run backward, return {input name: diff array}."""
         self._set_blobs(kwargs, "diff")

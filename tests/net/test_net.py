@@ -392,3 +392,18 @@ def test_glog_minloglevel_silences_the_init_log(level, shown):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert ("Top shape: 2 (2)" in out.stderr) == shown
+
+
+def test_forward_all_runs_any_number_of_rows_in_batches_as_pycaffe():
+    # pycaffe's Net.forward_all: inputs of any length go through in batches of the net's batch size,
+    # the last batch padded, and each output has one row per input row
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }\n'
+            + ip("a", "x", "y"))
+    net = make_net(text, TEST)
+    x = np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32)
+    out = net.forward_all(x=x, blobs=["x"])
+    w, b = net.params["a"][0].data, net.params["a"][1].data
+    assert set(out) == {"y", "x"}
+    np.testing.assert_allclose(out["y"], x @ w.T + b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["x"], x)
+    assert net.blobs["x"].shape == (4, 3)
