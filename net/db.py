@@ -65,7 +65,7 @@ def resolve_path(path, base_dir=None, what="file", must_exist=True):
 
     Caffe resolves relative paths against the working directory; numcaffe also
     looks next to the config file (``base_dir``) when the path is not found
-    there.  With ``must_exist`` a missing path is a DataError naming both places.
+    there.  With ``must_exist`` a missing path is a DataError naming the places looked in.
     """
     path = os.fspath(path)
     if not path:
@@ -80,7 +80,10 @@ def resolve_path(path, base_dir=None, what="file", must_exist=True):
         if os.path.exists(alt):
             return alt
     if must_exist:
-        where = f" (looked in {os.getcwd()!r}" + (f" and {os.path.abspath(base_dir)!r})" if base_dir else ")")
+        places = [os.getcwd()]
+        if base_dir and os.path.abspath(base_dir) != places[0]:
+            places.append(os.path.abspath(base_dir))
+        where = " (looked in " + " and ".join(map(repr, places)) + ")"
         raise DataError(f"{what} {path!r} does not exist{where}")
     return path
 

@@ -68,3 +68,17 @@ def test_records_read_after_a_release_are_intact(big_db, monkeypatch):
                 assert key == b"%08d" % i and d.label == i % 10
                 if i % 97 == 0:
                     np.testing.assert_array_equal(datum_array(d), image(i))
+
+
+def test_missing_path_names_each_place_looked_in_once(tmp_path, monkeypatch):
+    # run from the config's own directory, the working directory and the config directory are one place
+    from numcaffe.net.db import DataError, resolve_path
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as e:
+        resolve_path("nothing_here", str(tmp_path), what="data_param.source")
+    assert str(e.value).count(str(tmp_path)) == 1
+    other = tmp_path / "configs"
+    other.mkdir()
+    with pytest.raises(DataError) as e:
+        resolve_path("nothing_here", str(other), what="data_param.source")
+    assert f"looked in {str(tmp_path)!r} and {str(other)!r}" in str(e.value)
