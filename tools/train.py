@@ -88,6 +88,8 @@ def run(args):
         param.weights.append(",".join(os.path.abspath(w.strip()) for w in args.weights.split(",") if w.strip()))
     if args.gpu is not None:
         log.warning("--gpu %s ignored: numcaffe runs on the CPU", args.gpu)
+    elif param.solver_mode == param.GPU:  # Caffe's choice when --gpu is not given
+        log.warning("solver_mode: GPU (device_id %d) ignored: numcaffe runs on the CPU", param.device_id)
     log.info("Use CPU.")
     progress = {"auto": None, "on": True, "off": False}[args.progress]
     if args.plot:

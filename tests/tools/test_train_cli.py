@@ -191,3 +191,14 @@ def test_gpu_flag_is_accepted_with_a_warning(tmp_path, capsys):
     status, lines = run_cli(capsys, "train", "--solver", str(xor / "solver.prototxt"), "--gpu", "0")
     assert status == 0
     assert any(l.startswith("W") and "--gpu 0 ignored: numcaffe runs on the CPU" in l for l in lines)
+
+
+def test_solver_mode_gpu_is_accepted_with_a_warning(tmp_path, capsys):
+    # without --gpu, Caffe takes the mode (and device_id) from the solver; numcaffe says it runs on the CPU
+    xor = copy_example("xor", tmp_path)
+    set_fields(xor / "solver.prototxt", max_iter=1, snapshot_after_train=False, test_interval=1000,
+               solver_mode=caffe_pb2.SolverParameter.GPU, device_id=1)
+    status, lines = run_cli(capsys, "train", "--solver", str(xor / "solver.prototxt"))
+    assert status == 0
+    assert any(l.startswith("W") and "solver_mode: GPU (device_id 1) ignored: numcaffe runs on the CPU" in l
+               for l in lines)
