@@ -184,10 +184,15 @@ def _needs_split(key, consumers, loss_weight):
 class Net:
     """A net for one phase, built from a prototxt, YAML or NetParameter.
 
-    ``Net(model_file, phase, weights=None, stages=(), level=0)`` as in pycaffe.
+    ``Net(model_file, phase, weights=None, stages=(), level=0)`` as in pycaffe, which also takes
+    its older form ``Net(model_file, weights_file, phase)``.
     """
 
     def __init__(self, model, phase=TRAIN, weights=None, stages=(), level=0, base_dir=None):
+        phase_is_a_path = isinstance(phase, os.PathLike) or (isinstance(phase, str) and phase not in _PHASES)
+        weights_is_a_phase = isinstance(weights, (int, str)) and (weights in _PHASES or weights in (TRAIN, TEST))
+        if phase_is_a_path and weights_is_a_phase:
+            phase, weights = weights, phase   # pycaffe's Net(model_file, weights_file, phase)
         if isinstance(model, caffe_pb2.NetParameter):
             param = caffe_pb2.NetParameter()
             param.CopyFrom(model)

@@ -407,3 +407,18 @@ def test_forward_all_runs_any_number_of_rows_in_batches_as_pycaffe():
     np.testing.assert_allclose(out["y"], x @ w.T + b, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out["x"], x)
     assert net.blobs["x"].shape == (4, 3)
+
+
+def test_pycaffes_model_weights_phase_form_loads_the_weights(tmp_path):
+    # caffe.Net(model_def, model_weights, caffe.TEST), the form of Caffe's classification tutorial
+    source = make_net(PROTOTXT_NET)
+    weights = tmp_path / "w.caffemodel"
+    source.save(str(weights))
+    model = tmp_path / "n.prototxt"
+    model.write_text(PROTOTXT_NET)
+    for w in (str(weights), weights):
+        net = Net(str(model), w, TEST)
+        assert net.phase == TEST
+        np.testing.assert_array_equal(net.params["a"][0].data, source.params["a"][0].data)
+    with pytest.raises(ConfigError, match="unknown phase"):
+        Net(str(model), "TESTT")
