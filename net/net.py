@@ -232,7 +232,7 @@ class Net:
         self._layer_names = []
         self.blobs = OrderedDict()
         self.bottom_vecs, self.top_vecs = [], []
-        self.bottom_names, self.top_names = [], []
+        self._bottom_names, self._top_names = [], []
         self.bottom_need_backward = []
         self.layer_need_backward = []
         self.blob_need_backward = {}
@@ -308,8 +308,8 @@ class Net:
             self._layer_names.append(layer_param.name)
             self.bottom_vecs.append(bottoms)
             self.top_vecs.append(tops)
-            self.bottom_names.append(list(layer_param.bottom))
-            self.top_names.append(list(layer_param.top))
+            self._bottom_names.append(list(layer_param.bottom))
+            self._top_names.append(list(layer_param.top))
             layer_needs = any(need)
             layer_needs |= self._append_params(layer, layer_param)
             for name in layer_param.top:
@@ -382,7 +382,7 @@ class Net:
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
             contributes, skip_down = False, True
-            for j, name in enumerate(self.top_names[i]):
+            for j, name in enumerate(self._top_names[i]):
                 if layer.loss(j) or name in under_loss:
                     contributes = True
                 if name not in skip:
@@ -392,7 +392,7 @@ class Net:
                 self.bottom_need_backward[i] = [False] * len(self.bottom_need_backward[i])
             if not contributes:
                 self.layer_need_backward[i] = False
-            for j, name in enumerate(self.bottom_names[i]):
+            for j, name in enumerate(self._bottom_names[i]):
                 if contributes:
                     under_loss.add(name)
                 else:
@@ -402,12 +402,31 @@ class Net:
         if param.force_backward:
             for i, layer in enumerate(self.layers):
                 self.layer_need_backward[i] = True
-                for j, name in enumerate(self.bottom_names[i]):
+                for j, name in enumerate(self._bottom_names[i]):
                     self.bottom_need_backward[i][j] = (self.bottom_need_backward[i][j]
                                                        or layer.allow_force_backward(j))
                     self.blob_need_backward[name] = self.blob_need_backward.get(name) or \
                         self.bottom_need_backward[i][j]
                 layer.param_propagate_down = [True] * len(layer.blobs)
+
+    @property
+    def top_names(self):
+        """pycaffe's ``top_names``: {layer name: the names of its top blobs}, in layer order."""
+        return OrderedDict((n, list(t)) for n, t in zip(self._layer_names, self._top_names))
+
+    @property
+    def bottom_names(self):
+        """pycaffe's ``bottom_names``: {layer name: the names of its bottom blobs}, in layer order."""
+        return OrderedDict((n, list(b)) for n, b in zip(self._layer_names, self._bottom_names))
+
+    @property
+    def blob_loss_weights(self):
+        """pycaffe's ``blob_loss_weights``: {blob name: the loss weight its producer gives it (0: none)}."""
+        weights = OrderedDict((name, 0.0) for name in self.blobs)
+        for layer, names in zip(self.layers, self._top_names):
+            for j, name in enumerate(names):
+                weights[name] = float(layer.loss(j))
+        return weights
 
     # -- running --------------------------------------------------------------------
     def ForwardFromTo(self, start, end):
@@ -433,7 +452,7 @@ class Net:
     def _forward_debug_info(self, i):
         log = _log()
         name = self._layer_names[i]
-        for blob_name, blob in zip(self.top_names[i], self.top_vecs[i]):
+        for blob_name, blob in zip(self._top_names[i], self.top_vecs[i]):
             log.info("    [Forward] Layer %s, top blob %s data: %.6g", name, blob_name, _abs_mean(blob.flat_data))
         for j, blob in enumerate(self.layers[i].blobs):
             log.info("    [Forward] Layer %s, param blob %d data: %.6g", name, j, _abs_mean(blob.flat_data))
@@ -441,7 +460,7 @@ class Net:
     def _backward_debug_info(self, i):
         log = _log()
         name = self._layer_names[i]
-        for j, (blob_name, blob) in enumerate(zip(self.bottom_names[i], self.bottom_vecs[i])):
+        for j, (blob_name, blob) in enumerate(zip(self._bottom_names[i], self.bottom_vecs[i])):
             if self.bottom_need_backward[i][j]:
                 log.info("    [Backward] Layer %s, bottom blob %s diff: %.6g", name, blob_name,
                          _abs_mean(blob.flat_diff))
@@ -468,7 +487,7 @@ class Net:
             if not self.bottom_vecs[i]:
                 continue
             layer.Forward(self.bottom_vecs[i], self.top_vecs[i])
-            for blob_name, blob in zip(self.top_names[i], self.top_vecs[i]):
+            for blob_name, blob in zip(self._top_names[i], self.top_vecs[i]):
                 if not np.isfinite(blob.flat_data).all():
                     return ("forward", layer.name, f"top blob {blob_name!r} data")
         for i in range(len(self.layers) - 1, -1, -1):
@@ -476,7 +495,7 @@ class Net:
                 continue
             layer = self.layers[i]
             layer.Backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
-            for j, (blob_name, blob) in enumerate(zip(self.bottom_names[i], self.bottom_vecs[i])):
+            for j, (blob_name, blob) in enumerate(zip(self._bottom_names[i], self.bottom_vecs[i])):
                 if self.bottom_need_backward[i][j] and not np.isfinite(blob.flat_diff).all():
                     return ("backward", layer.name, f"bottom blob {blob_name!r} diff")
             for j, blob in enumerate(layer.blobs):
@@ -535,7 +554,7 @@ class Net:
         s = 0 if start is None else self.layer_index(start)
         e = len(self.layers) - 1 if end is None else self.layer_index(end)
         self.ForwardFromTo(s, e)
-        names = self.outputs if end is None else self.top_names[e]
+        names = self.outputs if end is None else self._top_names[e]
         names = list(names) + [b for b in (blobs or ()) if b not in names]
         return {n: self.blobs[n].data for n in names}
 
@@ -576,7 +595,7 @@ class Net:
         s = len(self.layers) - 1 if start is None else self.layer_index(start)
         e = 0 if end is None else self.layer_index(end)
         self.BackwardFromTo(s, e)
-        names = self.inputs if end is None else self.bottom_names[e]
+        names = self.inputs if end is None else self._bottom_names[e]
         names = list(names) + [b for b in (diffs or ()) if b not in names]
         return {n: self.blobs[n].diff for n in names}
 

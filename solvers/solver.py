@@ -95,7 +95,7 @@ def get_solver(solver, **kwargs):
 
 def _blob_loss_weights(net):
     weights = {}
-    for layer, names in zip(net.layers, net.top_names):
+    for layer, names in zip(net.layers, net.top_names.values()):
         for j, name in enumerate(names):
             weights[name] = layer.loss(j)
     return weights

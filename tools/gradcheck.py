@@ -110,7 +110,8 @@ def check_net_layer(layer, bottoms, check_bottom, check_params, step=1e-2, thres
 def _fill_inputs(net, rs):
     """Seeded values for the Input blobs: class indices where a blob is a label, else Gaussian."""
     consumers = {}
-    for i, names in enumerate(net.bottom_names):
+    bottom_names, top_names = list(net.bottom_names.values()), list(net.top_names.values())
+    for i, names in enumerate(bottom_names):
         for j, name in enumerate(names):
             consumers.setdefault(name, []).append((i, j))
 
@@ -119,7 +120,7 @@ def _fill_inputs(net, rs):
         for i, j in consumers.get(name, []):
             layer = net.layers[i]
             if layer.layer_param.type == "Split" and depth < 50:
-                for top in net.top_names[i]:
+                for top in top_names[i]:
                     found = label_classes(top, depth + 1)
                     if found is not None:
                         return found
@@ -164,6 +165,7 @@ def check_net(net, layer_names=None, step=1e-2, threshold=1e-2, max_checks=100, 
             inputs[i] = [_copy_blob(b) for b in net.bottom_vecs[i]]
         net.ForwardFromTo(i, i)
     results = []
+    bottom_names = list(net.bottom_names.values())
     for i in chosen:
         layer = net.layers[i]
         lp = layer.layer_param
@@ -177,7 +179,7 @@ def check_net(net, layer_names=None, step=1e-2, threshold=1e-2, max_checks=100, 
         else:
             try:
                 res.reports = check_net_layer(layer, inputs[i], check_bottom, check_params, step,
-                                              threshold, max_checks, seed + i, net.bottom_names[i])
+                                              threshold, max_checks, seed + i, bottom_names[i])
             except (NotImplementedError, NumcaffeError) as e:
                 if isinstance(e, NumcaffeError) and "gradient" not in str(e):
                     raise

@@ -422,3 +422,13 @@ def test_pycaffes_model_weights_phase_form_loads_the_weights(tmp_path):
         np.testing.assert_array_equal(net.params["a"][0].data, source.params["a"][0].data)
     with pytest.raises(ConfigError, match="unknown phase"):
         Net(str(model), "TESTT")
+
+
+def test_pycaffe_name_maps_top_names_bottom_names_and_blob_loss_weights():
+    net = make_net(PROTOTXT_NET)
+    assert list(net.top_names) == [l.name for l in net.layers]
+    assert net.top_names["a"] == ["h"] and net.top_names["act"] == ["h"] and net.top_names["in"] == ["x", "t"]
+    assert net.bottom_names["loss"] == ["y", "t"] and net.bottom_names["in"] == []
+    weights = net.blob_loss_weights
+    assert list(weights) == list(net.blobs) and weights["loss"] == 1.0
+    assert all(w == 0.0 for name, w in weights.items() if name != "loss")
