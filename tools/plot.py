@@ -4,7 +4,7 @@ One panel per output name (train and test curves of the same name share a
 panel: train solid, test dashed with markers), plus a panel for the learning
 rate; several logs are overlaid, one colour each.  The x axis is the iteration
 or (``--x seconds``) the wall time since the start.  The format follows the
-output's extension (``.png``, ``.svg``, ``.pdf``).
+output's extension (``.png``, ``.svg``, ``.pdf``, ``.jpg``: any that matplotlib writes).
 
 Examples::
 
@@ -22,15 +22,23 @@ from numcaffe.tools.parse_log import parse_log
 COMMAND = "plot"
 HELP = "plot training curves (outputs, learning rate) of one or more training logs"
 
-_FORMATS = {".png", ".svg", ".pdf"}
-
-
 def _require_matplotlib():
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise NumcaffeError("plotting needs matplotlib: pip install 'numcaffe[tools]'") from None
     return Figure
+
+
+def check_format(out):
+    """Fail unless matplotlib writes the image format that ``out``'s extension names (png, jpg, svg, pdf, ...)."""
+    _require_matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = os.path.splitext(out)[1].lower()
+    if ext[1:] not in formats:
+        raise ConfigError(f"{out}: unsupported plot format {ext or '(none)'!r}; matplotlib writes "
+                          f"{', '.join('.' + e for e in sorted(formats))}")
 
 
 def _finite(xs, ys):
@@ -40,11 +48,9 @@ def _finite(xs, ys):
 
 def plot_tables(tables, out, x="iters", outputs=None, lr=True, log_y=(), title=None):
     """Draw parsed logs (:class:`~numcaffe.tools.parse_log.LogTables`) into the file ``out``."""
-    ext = os.path.splitext(out)[1].lower()
-    if ext not in _FORMATS:
-        raise ConfigError(f"{out}: unsupported plot format {ext or '(none)'!r}; use .png, .svg or .pdf")
     if x not in ("iters", "seconds"):
         raise ConfigError(f"--x must be 'iters' or 'seconds', not {x!r}")
+    check_format(out)
     Figure = _require_matplotlib()
     xcol = "NumIters" if x == "iters" else "Seconds"
     names = []
@@ -106,7 +112,7 @@ def plot_logs(paths, out, **kwargs):
 
 def add_arguments(p):
     p.add_argument("logs", nargs="+", metavar="LOG", help="training log(s), Caffe's or numcaffe's")
-    p.add_argument("-o", "--output", default="training.png", help="the image to write (.png, .svg or .pdf; "
+    p.add_argument("-o", "--output", default="training.png", help="the image to write (.png, .svg, .pdf, .jpg, ...; "
                    "default training.png)")
     p.add_argument("--x", choices=["iters", "seconds"], default="iters", help="x axis (default iters)")
     p.add_argument("--outputs", default=None, help="comma-separated outputs to plot (default all)")

@@ -58,10 +58,11 @@ def run(args):
     if args.iterations < 1:
         raise ConfigError(f"--iterations must be at least 1, got {args.iterations}")
     log = get_logger()
-    if args.gpu is not None:
-        log.warning("--gpu ignored: numcaffe runs on the CPU")
     stages = [s for s in args.stage.split(",") if s]
     net = Net(args.model, args.phase, weights=args.weights, stages=stages, level=args.level)
+    if args.gpu is not None:
+        log.warning("--gpu %s ignored: numcaffe runs on the CPU", args.gpu)
+    log.info("Use CPU.")   # after the net is built, so that a bad model is the only line printed
     log.info("Performing Forward")
     loss = net.Forward()
     log.info("Initial loss: %g", loss)

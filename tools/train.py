@@ -32,6 +32,8 @@ def add_arguments(p):
     p.add_argument("--level", type=int, default=0, help="the train net's state level")
     p.add_argument("--stage", default="", help="the train net's state stages, separated by ','")
     p.add_argument("--gpu", default=None, help="accepted for Caffe compatibility; numcaffe runs on the CPU")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="accepted for Caffe compatibility (a test/time flag); train runs to the solver's max_iter")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar with ETA: auto (when stderr is a terminal and tqdm is installed)")
     p.add_argument("--plot", default="",
@@ -45,8 +47,8 @@ class LivePlot(logging.Handler):
     def __init__(self, out):
         super().__init__()
         from numcaffe.net.log import GlogFormatter
-        from numcaffe.tools.plot import _require_matplotlib
-        _require_matplotlib()
+        from numcaffe.tools.plot import check_format
+        check_format(out)   # before training, not at the first test
         self.out = out
         self.lines = []
         self.setFormatter(GlogFormatter(with_year=True))
@@ -91,6 +93,9 @@ def run(args):
     elif param.solver_mode == param.GPU:  # Caffe's choice when --gpu is not given
         log.warning("solver_mode: GPU (device_id %d) ignored: numcaffe runs on the CPU", param.device_id)
     log.info("Use CPU.")
+    if args.iterations is not None:
+        log.warning("--iterations %d ignored: train runs to the solver's max_iter (%d)", args.iterations,
+                    param.max_iter)
     progress = {"auto": None, "on": True, "off": False}[args.progress]
     if args.plot:
         plot = LivePlot(args.plot)

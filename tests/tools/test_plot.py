@@ -33,6 +33,12 @@ def test_svg_overlays_several_logs_by_seconds(tmp_path):
     assert "seconds" in svg
 
 
+def test_any_format_matplotlib_writes_is_accepted(tmp_path):
+    out = tmp_path / "curves.jpg"
+    plot_tables([parse_log(LOG)], str(out))
+    assert out.read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG
+
+
 def test_panels_follow_outputs(tmp_path):
     tables = [parse_log(LOG)]
     out = tmp_path / "acc.svg"
@@ -42,12 +48,12 @@ def test_panels_follow_outputs(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["-o", "x.gif"], "unsupported plot format"),
+    (["-o", "x.docx"], "unsupported plot format"),
     (["--outputs", "acuracy"], "no output named 'acuracy'"),
     (["--x", "hours"], "invalid choice"),
 ])
 def test_errors(tmp_path, capsys, args, needle):
-    argv = ["plot", str(LOG)] + [a if a != "x.gif" else str(tmp_path / a) for a in args]
+    argv = ["plot", str(LOG)] + [a if a != "x.docx" else str(tmp_path / a) for a in args]
     if "-o" not in args:
         argv += ["-o", str(tmp_path / "p.png")]
     status, _, err = cli(argv, capsys)

@@ -22,6 +22,7 @@ def test_time_prints_per_layer_and_average_lines(tmp_path, capsys):
     for what in ("Average Forward pass", "Average Backward pass", "Average Forward-Backward"):
         assert re.search(rf"\] {what}: [\d.e-]+ ms\.", err)
     assert err.count("forward-backward time") == 3
+    assert "] Use CPU.\n" in err  # as Caffe's time
 
 
 def test_time_with_bad_model_is_one_clean_error(tmp_path, capsys):

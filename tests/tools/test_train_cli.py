@@ -202,3 +202,14 @@ def test_solver_mode_gpu_is_accepted_with_a_warning(tmp_path, capsys):
     assert status == 0
     assert any(l.startswith("W") and "solver_mode: GPU (device_id 1) ignored: numcaffe runs on the CPU" in l
                for l in lines)
+
+
+def test_iterations_flag_is_accepted_with_a_warning(tmp_path, capsys):
+    # Caffe's flags are global: a script may pass --iterations to train, which Caffe ignores there
+    xor = copy_example("xor", tmp_path)
+    set_fields(xor / "solver.prototxt", max_iter=3, snapshot_after_train=False, test_interval=1000, display=1)
+    status, lines = run_cli(capsys, "train", "--solver", str(xor / "solver.prototxt"), "--iterations", "50")
+    assert status == 0
+    assert any(l.startswith("W") and "--iterations 50 ignored: train runs to the solver's max_iter (3)" in l
+               for l in lines)
+    assert any("Iteration 3, loss" in l for l in lines) and not any("Iteration 4," in l for l in lines)

@@ -18,3 +18,15 @@ def test_train_writes_the_plot(tmp_path, monkeypatch):
     assert main(["train", "--solver", "solver.prototxt", "--plot", "curves.png"]) == 0
     data = (tmp_path / "curves.png").read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 5000
+
+
+def test_an_unwritable_plot_format_fails_before_training(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    for name in os.listdir(XOR):
+        if os.path.isfile(os.path.join(XOR, name)):
+            shutil.copy(os.path.join(XOR, name), tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--solver", "solver.prototxt", "--plot", "curves.docx"]) == 1
+    err = capsys.readouterr().err
+    assert "numcaffe: error: curves.docx: unsupported plot format '.docx'" in err
+    assert "Iteration 0" not in err and "Traceback" not in err and "Logging error" not in err
