@@ -410,6 +410,11 @@ class Net:
                 layer.param_propagate_down = [True] * len(layer.blobs)
 
     @property
+    def layer_dict(self):
+        """pycaffe's ``layer_dict``: {layer name: layer}, in layer order."""
+        return OrderedDict(zip(self._layer_names, self.layers))
+
+    @property
     def top_names(self):
         """pycaffe's ``top_names``: {layer name: the names of its top blobs}, in layer order."""
         return OrderedDict((n, list(t)) for n, t in zip(self._layer_names, self._top_names))

@@ -426,6 +426,7 @@ def test_pycaffes_model_weights_phase_form_loads_the_weights(tmp_path):
 
 def test_pycaffe_name_maps_top_names_bottom_names_and_blob_loss_weights():
     net = make_net(PROTOTXT_NET)
+    assert list(net.layer_dict) == list(net.top_names) and net.layer_dict["a"].blobs is net.params["a"]
     assert list(net.top_names) == [l.name for l in net.layers]
     assert net.top_names["a"] == ["h"] and net.top_names["act"] == ["h"] and net.top_names["in"] == ["x", "t"]
     assert net.bottom_names["loss"] == ["y", "t"] and net.bottom_names["in"] == []
