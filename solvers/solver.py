@@ -141,7 +141,9 @@ class Solver:
         self._set_snapshot_prefix()
         if param.snapshot:
             self._check_snapshot_writable()
-        nc_random.set_random_seed(param.random_seed)
+        if param.random_seed >= 0:
+            # as Caffe: without a seed in the file, a seed set before (caffe.set_random_seed) still holds
+            nc_random.set_random_seed(param.random_seed)
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
         for net in self.test_nets:
@@ -699,6 +701,10 @@ class Solver:
     @property
     def type(self):
         return self.type_name
+
+    def share_weights(self, net):
+        """pycaffe's ``solver.share_weights(net)``: ``net`` computes with this solver's trained weights."""
+        net.share_trained_layers_with(self.net)
 
     def __repr__(self):
         return f"{type(self).__name__}(net={self.net.name!r}, iter={self.iter})"
