@@ -9,23 +9,25 @@ from numcaffe.tools.cli import main
 XOR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "xor")
 
 
-def test_train_writes_the_plot(tmp_path, monkeypatch):
+@pytest.fixture
+def xor_dir(tmp_path, monkeypatch):
+    """The XOR example copied into the working directory (needs matplotlib for --plot)."""
     pytest.importorskip("matplotlib")
     for name in os.listdir(XOR):
         if os.path.isfile(os.path.join(XOR, name)):
             shutil.copy(os.path.join(XOR, name), tmp_path)
     monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_train_writes_the_plot(xor_dir):
+    tmp_path = xor_dir
     assert main(["train", "--solver", "solver.prototxt", "--plot", "curves.png"]) == 0
     data = (tmp_path / "curves.png").read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 5000
 
 
-def test_an_unwritable_plot_format_fails_before_training(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("matplotlib")
-    for name in os.listdir(XOR):
-        if os.path.isfile(os.path.join(XOR, name)):
-            shutil.copy(os.path.join(XOR, name), tmp_path)
-    monkeypatch.chdir(tmp_path)
+def test_an_unwritable_plot_format_fails_before_training(xor_dir, capsys):
     assert main(["train", "--solver", "solver.prototxt", "--plot", "curves.docx"]) == 1
     err = capsys.readouterr().err
     assert "numcaffe: error: curves.docx: unsupported plot format '.docx'" in err
