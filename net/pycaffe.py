@@ -8,8 +8,11 @@ and a pycaffe script runs as it did: ``caffe.Net(model, weights, caffe.TEST)``,
 ``caffe.Layer`` for Python layers.  numcaffe runs on the CPU: ``set_mode_gpu`` and
 ``set_device`` log one warning and carry on.
 
+``caffe.draw.draw_net_to_file`` / ``draw_net`` draw a NetParameter with Graphviz,
+as ``numcaffe draw`` does.
+
 Not provided: GPU and multi-GPU parts (NCCL, ``solver.add_callback``), ``Detector``,
-``caffe.draw`` and ``caffe.coord_map``.  ``from caffe.proto import caffe_pb2`` has no
+pydot's ``get_pydot_graph`` and ``caffe.coord_map``.  ``from caffe.proto import caffe_pb2`` has no
 one-line equivalent; use ``caffe_pb2 = caffe.proto.caffe_pb2``.
 """
 import types
@@ -32,7 +35,7 @@ from numcaffe.solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver, Nestero
 __all__ = ["Net", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
            "Layer", "Blob", "NetSpec", "layers", "params", "to_proto", "get_solver", "SGDSolver",
            "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "proto",
-           "io", "Classifier", "layer_type_list"]
+           "io", "draw", "Classifier", "layer_type_list"]
 
 #: ``caffe.proto.caffe_pb2``, numcaffe's schema (Caffe's messages and field numbers).
 proto = types.SimpleNamespace(caffe_pb2=caffe_pb2)
@@ -59,6 +62,22 @@ def set_mode_gpu():
 def set_device(device_id):
     """Accepted for pycaffe scripts; numcaffe has no GPU devices (warns once)."""
     _cpu_only(f"caffe.set_device({device_id})")
+
+
+def _draw_net(caffe_net, rankdir, ext="png", phase=None, display_lrm=False):
+    """pycaffe's ``caffe.draw.draw_net``: the image bytes of ``caffe_net`` (a NetParameter)."""
+    from numcaffe.tools.draw import render
+    return render(caffe_net, ext, rankdir, phase, display_lrm)
+
+
+def _draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None, display_lrm=False):
+    """pycaffe's ``caffe.draw.draw_net_to_file``: write the drawing, format from ``filename``'s extension."""
+    from numcaffe.tools.draw import draw as draw_to_file
+    return draw_to_file(caffe_net, filename, rankdir, phase, display_lrm)
+
+
+#: ``caffe.draw``.
+draw = types.SimpleNamespace(draw_net=_draw_net, draw_net_to_file=_draw_net_to_file)
 
 
 def layer_type_list():

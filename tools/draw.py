@@ -124,24 +124,31 @@ def build_graph(net, rankdir="LR", phase=None, label_edges=True, show_lr=False):
     return g
 
 
+def render(net, ext, rankdir="LR", phase=None, show_lr=False):
+    """``net`` (a NetParameter) as the bytes of a ``.dot`` source or a rendered ``.png``/``.svg``/``.pdf``."""
+    ext = ext.lower() if ext.startswith(".") else "." + ext.lower()
+    if ext not in _RENDERED and ext not in _SOURCE:
+        raise ConfigError(f"unsupported format {ext!r}; use .png, .svg, .pdf or .dot")
+    g = build_graph(net, rankdir, phase, show_lr=show_lr)
+    if ext in _SOURCE:
+        return g.source.encode("utf-8")
+    import graphviz
+    try:
+        return g.pipe(format=_RENDERED[ext])
+    except graphviz.ExecutableNotFound:
+        raise NumcaffeError(f"rendering {ext[1:]} needs Graphviz's `dot` program, which is not installed "
+                            f"(Debian/Ubuntu: apt install graphviz); or write a .dot file instead") from None
+    except graphviz.CalledProcessError as e:
+        detail = (e.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+        raise NumcaffeError(f"Graphviz could not render the net: {detail[-1] if detail else e}") from None
+
+
 def draw(net, out, rankdir="LR", phase=None, show_lr=False):
     """Write ``net`` (a NetParameter) to ``out`` as .dot source or a rendered image."""
     ext = os.path.splitext(out)[1].lower()
     if ext not in _RENDERED and ext not in _SOURCE:
         raise ConfigError(f"{out}: unsupported format {ext or '(none)'!r}; use .png, .svg, .pdf or .dot")
-    g = build_graph(net, rankdir, phase, show_lr=show_lr)
-    if ext in _SOURCE:
-        data = g.source.encode("utf-8")
-    else:
-        import graphviz
-        try:
-            data = g.pipe(format=_RENDERED[ext])
-        except graphviz.ExecutableNotFound:
-            raise NumcaffeError(f"rendering {ext[1:]} needs Graphviz's `dot` program, which is not installed "
-                                f"(Debian/Ubuntu: apt install graphviz); or write a .dot file instead") from None
-        except graphviz.CalledProcessError as e:
-            detail = (e.stderr or b"").decode("utf-8", "replace").strip().splitlines()
-            raise NumcaffeError(f"Graphviz could not render the net: {detail[-1] if detail else e}") from None
+    data = render(net, ext, rankdir, phase, show_lr)
     from numcaffe.net.io import atomic_write
     try:
         atomic_write(out, data)

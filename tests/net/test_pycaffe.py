@@ -352,3 +352,17 @@ def test_datum_round_trip():
     np.testing.assert_allclose(caffe.io.datum_to_array(fd), f, rtol=1e-6)
     with pytest.raises(ShapeError, match=r"\(channels, height, width\)"):
         caffe.io.array_to_datum(np.zeros((3, 4)))
+
+
+def test_draw_writes_and_returns_the_graph(tmp_path):
+    pytest.importorskip("graphviz")
+    from numcaffe.net.config import read_message
+    net = read_message(os.path.join(FIX, "lenet_deploy.prototxt"), caffe.proto.caffe_pb2.NetParameter)
+    source = caffe.draw.draw_net(net, "TB", ext="dot").decode()
+    assert source.startswith("digraph") and "rankdir=TB" in source and '"conv1"' not in source.split("{")[0]
+    assert all(name in source for name in ("conv1", "pool2", "ip2", "prob"))
+    out = tmp_path / "lenet.dot"
+    caffe.draw.draw_net_to_file(net, str(out), "LR", caffe.TEST)
+    assert "rankdir=LR" in out.read_text()
+    with pytest.raises(ConfigError, match="unsupported format"):
+        caffe.draw.draw_net(net, "LR", ext="bmp")
