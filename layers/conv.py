@@ -27,7 +27,9 @@ copies themselves are in layers/im2col.py):
   of ``kw * C`` pixels, and the three GEMMs take the forms OpenBLAS runs
   fastest here (``col @ W.T``, ``dy.T @ col``, ``dy @ W``: 4.0 against 4.6 ms
   for the ``(K, N * P)`` layout); jitted transposes to and from NCHW.
-  Otherwise ``(K, N * P)`` columns.  Groups are one stacked matmul, never a loop.
+  Otherwise, and when the weights are big (``SMALL_WEIGHTS``: the NHWC layout
+  pays weight-sized transposes, dearer than the GEMMs for ResNet's res5 at
+  batch 1), ``(K, N * P)`` columns.  Groups are one stacked matmul, never a loop.
 * Columns and other scratch arrays live in one workspace per thread, shared
   by all convolution layers (grown as needed, freed with the last layer); batches whose columns exceed
   ``COL_LIMIT`` elements run in chunks of images.  When one chunk holds the
@@ -62,6 +64,10 @@ COL_LIMIT = 1 << 22
 PER_IMAGE_MIN_P = 256
 #: Elements of the stacked per-image weight-gradient products summed at once.
 DW_BATCH_LIMIT = 1 << 20
+#: Largest weight (elements) for the NHWC layout and for the transposed weight-gradient GEMM: both
+#: pay weight-sized transposed copies, cheap for LeNet's conv2 (25,000) and dear for ResNet's res5
+#: 3x3 (2.4 M: 2.6 against 6.9 ms forward at batch 1; the weight gradient 2.3 against 12.4 ms).
+SMALL_WEIGHTS = 1 << 17
 
 
 class _Workspace:
@@ -258,7 +264,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
             self.per_image = self.geo.P >= PER_IMAGE_MIN_P
             # Few positions, two axes, one group: NHWC columns, one (N*P, K) matrix, whose three
             # GEMMs OpenBLAS runs faster and whose im2col copies runs of kw * C pixels.
-            self.nhwc = not self.per_image and self.geo.two_d and self.group == 1
+            self.nhwc = (not self.per_image and self.geo.two_d and self.group == 1
+                         and self.blobs[0].count <= SMALL_WEIGHTS)
         self._cached = False
 
     def _nhwc_columns(self, x, n0, n):
@@ -393,10 +400,14 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     if want_w:
                         if not self._cached:
                             col = self._columns(x, n0, n, col)
-                        # dW.T = col @ rows.T: OpenBLAS runs this form faster than rows @ col.T
-                        # (conv2 of LeNet: 1.4 against 2.1 ms).
-                        _gemm(col.reshape(G, Kg, n * P), rows_g.transpose(0, 2, 1), dWT_tmp)
-                        dW.reshape(G, Mg, Kg)[...] += dWT_tmp.transpose(0, 2, 1)
+                        if self.blobs[0].count <= SMALL_WEIGHTS:
+                            # dW.T = col @ rows.T: OpenBLAS runs this form faster than rows @ col.T
+                            # on small weights (LeNet's conv2: 1.4 against 2.1 ms) ...
+                            _gemm(col.reshape(G, Kg, n * P), rows_g.transpose(0, 2, 1), dWT_tmp)
+                            dW.reshape(G, Mg, Kg)[...] += dWT_tmp.transpose(0, 2, 1)
+                        else:  # ... but the transposed add is dear on big ones (SMALL_WEIGHTS)
+                            _gemm(rows_g, col.reshape(G, Kg, n * P).transpose(0, 2, 1), dW_tmp)
+                            dW += dW_tmp.reshape(-1)
                     if propagate_down[i]:
                         _gemm(WgT, rows_g, col.reshape(G, Kg, n * P))
                         self._cached = False

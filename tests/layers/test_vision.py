@@ -255,6 +255,31 @@ def test_chunked_batches_give_the_same_result(monkeypatch, shape):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("group", [1, 2])
+def test_big_weight_layout_gives_the_same_results(monkeypatch, group):
+    """SMALL_WEIGHTS picks the layout and the weight-gradient GEMM; both choices give one answer
+    (and the weight gradient still adds to what the diff held)."""
+    from numcaffe.layers import conv
+    from numcaffe.net.random import set_random_seed
+    text = (f'type: "Convolution" convolution_param {{ num_output: 4 kernel_size: 3 pad: 1 group: {group} '
+            'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 } }')
+    results = []
+    for limit in (conv.SMALL_WEIGHTS, 0):  # 0: every weight counts as big
+        monkeypatch.setattr(conv, "SMALL_WEIGHTS", limit)
+        set_random_seed(5)
+        layer, bottom, top = make(text, (3, 4, 5, 5))  # 25 positions: the batched layouts
+        assert not layer.per_image and layer.nhwc == (limit > 0 and group == 1)
+        layer.Forward(bottom, top)
+        rs = np.random.RandomState(7)
+        top[0].diff[...] = rs.standard_normal(top[0].shape)
+        layer.blobs[0].diff[...] = 0.5
+        layer.Backward(top, [True], bottom)
+        results.append((top[0].data.copy(), bottom[0].diff.copy(), layer.blobs[0].diff.copy(),
+                        layer.blobs[1].diff.copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 # -- Pooling semantics -----------------------------------------------------------
 
 def test_max_pooling_ties_go_to_the_first_maximum():
