@@ -26,8 +26,12 @@ def time_net(net, iterations, log=None):
     n = len(net.layers)
     fwd, bwd = [0.0] * n, [0.0] * n
     clock = _time.perf_counter
-    net.Forward()  # warm-up: the first passes load (or compile) the kernels and fill caches
-    net.Backward()
+    # Warm-up: one untimed pass of what is timed below (every layer's forward and backward, even where
+    # the net itself needs no backward): kernels load (or compile), buffers and diffs are allocated.
+    for i, layer in enumerate(net.layers):
+        layer.Forward(net.bottom_vecs[i], net.top_vecs[i])
+    for i in range(n - 1, -1, -1):
+        net.layers[i].Backward(net.top_vecs[i], net.bottom_need_backward[i], net.bottom_vecs[i])
     total_fwd = total_bwd = 0.0
     start_all = clock()
     for it in range(iterations):
