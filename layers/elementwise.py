@@ -173,8 +173,42 @@ def broadcast_scale(x, s, outer, dim, inner, y):
 
 
 @njit(cache=True)
+def broadcast_scale_bias(x, s, b, outer, dim, inner, y):
+    """y[o, d, i] = x[o, d, i] * s[d] + b[d]  (Scale with its bias, in one pass)."""
+    for o in range(outer):
+        for d in range(dim):
+            base = (o * dim + d) * inner
+            f = s[d]
+            g = b[d]
+            for i in range(inner):
+                y[base + i] = x[base + i] * f + g
+
+
+@njit(cache=True)
+def broadcast_scale_inplace(y, s, outer, dim, inner):
+    """broadcast_scale when y is x: y[o, d, i] *= s[d] (one array, so the loop vectorises)."""
+    for o in range(outer):
+        for d in range(dim):
+            base = (o * dim + d) * inner
+            f = s[d]
+            for i in range(inner):
+                y[base + i] = y[base + i] * f
+
+
+@njit(cache=True)
+def broadcast_add_inplace(y, b, outer, dim, inner):
+    """broadcast_add when y is x: y[o, d, i] += b[d]."""
+    for o in range(outer):
+        for d in range(dim):
+            base = (o * dim + d) * inner
+            f = b[d]
+            for i in range(inner):
+                y[base + i] = y[base + i] + f
+
+
+@njit(cache=True)
 def broadcast_add(x, b, outer, dim, inner, y):
-    """y[o, d, i] = x[o, d, i] + b[d]  (y may be x)."""
+    """y[o, d, i] = x[o, d, i] + b[d]  (y is not x: in place, broadcast_add_inplace)."""
     for o in range(outer):
         for d in range(dim):
             base = (o * dim + d) * inner
@@ -298,9 +332,11 @@ class ScaleLayer(Layer):
             self._x_copy[: x.size] = x
             x = self._x_copy[: x.size]
         y = top[0].flat_data
-        broadcast_scale(x, self._scale(bottom).flat_data, self.outer, self.dim, self.inner, y)
         if self.bias_term:
-            broadcast_add(y, self.blobs[-1].flat_data, self.outer, self.dim, self.inner, y)
+            broadcast_scale_bias(x, self._scale(bottom).flat_data, self.blobs[-1].flat_data, self.outer,
+                                 self.dim, self.inner, y)
+        else:
+            broadcast_scale(x, self._scale(bottom).flat_data, self.outer, self.dim, self.inner, y)
 
     def Backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].flat_diff
@@ -312,7 +348,10 @@ class ScaleLayer(Layer):
             x = self._x_copy[: bottom[0].count] if top[0] is bottom[0] else bottom[0].flat_data
             reduce_product(dy, x, self.outer, self.dim, self.inner, s.flat_diff, learned)
         if propagate_down[0]:
-            broadcast_scale(dy, s.flat_data, self.outer, self.dim, self.inner, bottom[0].flat_diff)
+            if top[0] is bottom[0]:   # dx is dy (a kernel handed both would run scalar code)
+                broadcast_scale_inplace(dy, s.flat_data, self.outer, self.dim, self.inner)
+            else:
+                broadcast_scale(dy, s.flat_data, self.outer, self.dim, self.inner, bottom[0].flat_diff)
 
 
 @register("Bias")
@@ -343,8 +382,11 @@ class BiasLayer(Layer):
             top[0].reshape(bottom[0].shape)
 
     def Forward_cpu(self, bottom, top):
-        broadcast_add(bottom[0].flat_data, self._bias(bottom).flat_data, self.outer, self.dim, self.inner,
-                      top[0].flat_data)
+        b = self._bias(bottom).flat_data
+        if top[0] is bottom[0]:
+            broadcast_add_inplace(top[0].flat_data, b, self.outer, self.dim, self.inner)
+        else:
+            broadcast_add(bottom[0].flat_data, b, self.outer, self.dim, self.inner, top[0].flat_data)
 
     def Backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].flat_diff

@@ -23,7 +23,12 @@ under an in-place Dropout, say): it reads the input ``x`` -- the bottom's data,
 or, when the layer ran in place, a copy taken before forward overwrote it
 (Caffe's PReLU does the same), kept in a buffer reused from one iteration to
 the next.  ReLU keeps a byte mask of ``x > 0`` instead of a copy, and Dropout
-its mask.  Functions that Caffe differentiates through ``y`` recompute ``y``
+its mask.
+
+A kernel is never handed one array as both input and output: LLVM then cannot
+prove the two apart, and numba's loop falls back to scalar code (ReLU on
+800,000 elements: 0.66 ms in place against 0.12 ms).  In place, forward reads
+the input copy, and ReLU runs kernels that take the one array.  Functions that Caffe differentiates through ``y`` recompute ``y``
 from ``x`` in backward.
 
 The kernels compute in double precision and store float32.
@@ -54,6 +59,22 @@ def relu_backward(positive, dy, dx, slope):
     """dx = dy * (x > 0 ? 1 : slope)."""
     for i in range(dy.size):
         dx[i] = dy[i] if positive[i] else dy[i] * slope
+
+
+@njit(cache=True)
+def relu_forward_inplace(y, positive, slope):
+    """relu_forward when x is y (see the module docstring: one array, so the loop vectorises)."""
+    for i in range(y.size):
+        v = y[i]
+        positive[i] = v > 0.0
+        y[i] = v if v > 0.0 else slope * v
+
+
+@njit(cache=True)
+def relu_backward_inplace(positive, d, slope):
+    """relu_backward when dx is dy: d = d * (x > 0 ? 1 : slope)."""
+    for i in range(d.size):
+        d[i] = d[i] if positive[i] else d[i] * slope
 
 
 @njit(cache=True)
@@ -163,6 +184,11 @@ class Scratch:
         return self.buf[:n]
 
 
+def same_array(a, b):
+    """Whether two flat views are one array: a kernel must then not be handed both (see the module doc)."""
+    return a.ctypes.data == b.ctypes.data and a.size == b.size
+
+
 def runs_in_place(bottom, top):
     """Whether the top overwrites the bottom's data (same blob, or blobs sharing data)."""
     return top[0] is bottom[0] or top[0].shares_data_with(bottom[0])
@@ -187,6 +213,7 @@ class ElementwiseLayer(NeuronLayer):
         if self.keeps_input and runs_in_place(bottom, top):
             saved = self._input_copy.get(x.size)
             saved[...] = x
+            x = saved   # the copy, not the top it aliases: the kernel's loop then vectorises
         self.forward(x, top[0].flat_data)
 
     def Backward_cpu(self, top, propagate_down, bottom):
@@ -216,10 +243,16 @@ class ReLULayer(ElementwiseLayer):
         self._positive = Scratch(np.bool_)
 
     def forward(self, x, y):
-        relu_forward(x, y, self._positive.get(x.size), self.negative_slope)
+        if same_array(x, y):
+            relu_forward_inplace(y, self._positive.get(y.size), self.negative_slope)
+        else:
+            relu_forward(x, y, self._positive.get(x.size), self.negative_slope)
 
     def backward(self, x, dy, dx):
-        relu_backward(self._positive.get(dy.size), dy, dx, self.negative_slope)
+        if same_array(dy, dx):
+            relu_backward_inplace(self._positive.get(dx.size), dx, self.negative_slope)
+        else:
+            relu_backward(self._positive.get(dy.size), dy, dx, self.negative_slope)
 
 
 @register("PReLU")

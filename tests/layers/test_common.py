@@ -222,6 +222,8 @@ def test_scale_with_a_preloaded_scale_adds_the_missing_bias():
     ('type: "Bias" bias_param { filler { type: "gaussian" } }', [(2, 3, 4)]),
     ('type: "Bias"', [(2, 3, 4), (3,)]),
     ('type: "BatchNorm"', [(3, 2, 4)]),
+    ('type: "BatchNorm" batch_norm_param { use_global_stats: true }', [(3, 2, 4)]),
+    ('type: "Scale" scale_param { filler { type: "gaussian" } }', [(2, 3, 4)]),
     ('type: "MVN"', [(2, 3, 4)]),
     ('type: "MVN" mvn_param { normalize_variance: false }', [(2, 3, 4)]),
 ])
