@@ -4,7 +4,8 @@ Pooling windows: output ``(ph, pw)`` covers rows ``ph * stride_h - pad_h`` up to
 ``+ kernel_h`` (and likewise columns).  Output size is Caffe's::
 
     pooled = ceil((H + 2 pad - kernel) / stride) + 1      (round_mode CEIL, the default; FLOOR floors)
-    if pad > 0 and (pooled - 1) * stride >= H + pad:  pooled -= 1   (the last window starts inside)
+    if (pad_h or pad_w) and (pooled - 1) * stride >= H + pad:  pooled -= 1
+                                        (the last window starts inside; both axes once either is padded)
 
 * MAX: the largest value in the window clipped to the image; the first maximum
   (in row-major order) wins ties, and the gradient goes to it alone.  A second
@@ -306,11 +307,16 @@ def stochastic_pool_test_backward(x, y, dy, planes, H, W, kh, kw, sh, sw, Ho, Wo
                         dx[src + h * W + w] += dy[o] * (2 * x[src + h * W + w] - y[o]) / s1
 
 
-def pooled_size(n, k, s, p, ceil_mode=True):
-    """Caffe's pooled output size along one axis (the last window starts inside the padded image)."""
+def pooled_size(n, k, s, p, ceil_mode=True, padded=None):
+    """Caffe's pooled output size along one axis.
+
+    When the layer is ``padded`` (either axis has a pad; default: this axis does) the
+    last window must start inside the padded image, else it is dropped -- Caffe checks
+    this on both axes as soon as pad_h or pad_w is non-zero.
+    """
     r = (n + 2 * p - k) / s
     out = (math.ceil(r) if ceil_mode else math.floor(r)) + 1
-    if p and (out - 1) * s >= n + p:
+    if (p if padded is None else padded) and (out - 1) * s >= n + p:
         out -= 1
     return out
 
@@ -369,8 +375,9 @@ class PoolingLayer(Layer):
         N, C, H, W = b.shape
         if self.global_pooling:
             self.kh, self.kw = H, W
-        self.Ho = pooled_size(H, self.kh, self.sh, self.ph, self.ceil_mode)
-        self.Wo = pooled_size(W, self.kw, self.sw, self.pw, self.ceil_mode)
+        padded = bool(self.ph or self.pw)
+        self.Ho = pooled_size(H, self.kh, self.sh, self.ph, self.ceil_mode, padded)
+        self.Wo = pooled_size(W, self.kw, self.sw, self.pw, self.ceil_mode, padded)
         if self.Ho <= 0 or self.Wo <= 0:
             raise self.shape_error(f"a {self.kh}x{self.kw} window does not fit input {H}x{W} "
                                    f"(pad {self.ph}x{self.pw})")

@@ -61,10 +61,11 @@ def deconv_ref(x, w, b, stride, pad, dilation, group):
     return y
 
 
-def caffe_pooled(n, k, s, p, ceil=True):
-    """Caffe's pooled size: ceil (or floor) of (n + 2p - k) / s, plus one; the last window starts inside."""
+def caffe_pooled(n, k, s, p, ceil=True, padded=None):
+    """Caffe's pooled size: ceil (or floor) of (n + 2p - k) / s, plus one; the last window starts
+    inside when the layer is padded on either axis (``padded``; default: this axis is)."""
     out = int(math.ceil((n + 2 * p - k) / s) if ceil else math.floor((n + 2 * p - k) / s)) + 1
-    if p > 0 and (out - 1) * s >= n + p:
+    if (p > 0 if padded is None else padded) and (out - 1) * s >= n + p:
         out -= 1
     return out
 
@@ -73,7 +74,8 @@ def pool_ref(x, method, k, s, p, ceil=True):
     """MAX / AVE pooling by loops; returns (y, argmax index h*W+w or -1)."""
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = k, s, p
-    Ho, Wo = caffe_pooled(H, kh, sh, ph, ceil), caffe_pooled(W, kw, sw, pw, ceil)
+    padded = bool(ph or pw)
+    Ho, Wo = caffe_pooled(H, kh, sh, ph, ceil, padded), caffe_pooled(W, kw, sw, pw, ceil, padded)
     y = np.zeros((N, C, Ho, Wo))
     arg = -np.ones((N, C, Ho, Wo))
     for oh in range(Ho):

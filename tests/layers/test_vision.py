@@ -57,6 +57,17 @@ def test_pooling_last_window_must_start_inside_the_padded_image():
     assert out_shape('type: "Pooling" pooling_param { kernel_size: 2 stride: 2 }', (1, 1, 5, 5)) == (1, 1, 3, 3)
 
 
+def test_pooling_clips_the_last_window_on_both_axes_when_either_is_padded():
+    # Caffe applies the "last window starts inside" rule to both axes as soon as pad_h or pad_w
+    # is non-zero (pooling_layer.cpp Reshape: if (pad_h_ || pad_w_)).  Width here has no padding:
+    # ceil((5 - 1) / 3) + 1 = 3, and the 3rd window would start at 6 >= 5 + 0, so Caffe drops it.
+    text = 'type: "Pooling" pooling_param { kernel_h: 2 kernel_w: 1 stride: 3 pad_h: 1 pad_w: 0 }'
+    assert out_shape(text, (1, 1, 5, 5)) == (1, 1, 2, 2)
+    # Without any padding the rule does not apply (the empty last window stays, as in Caffe).
+    assert out_shape('type: "Pooling" pooling_param { kernel_h: 2 kernel_w: 1 stride: 3 }',
+                     (1, 1, 5, 5)) == (1, 1, 2, 3)
+
+
 def test_convolution_output_size_truncates_like_c():
     # (4 - 5) / 2 is 0 in C, so Caffe gives one output whose window runs past the image (zeros).
     layer, bottom, top = make('type: "Convolution" convolution_param { num_output: 1 kernel_size: 5 stride: 2 '
