@@ -1,7 +1,8 @@
 """Elementwise and broadcast arithmetic: Eltwise, Scale, Bias, and Maxout.
 
 * Eltwise combines bottoms of one shape: PROD (y = prod_i x_i), SUM
-  (y = sum_i c_i x_i) or MAX (y = max_i x_i, the winner remembered per element).
+  (y = sum_i c_i x_i) or MAX (y = max_i x_i, the winner remembered per element);
+  coefficients are refused with PROD and ignored by MAX, as in Caffe.
 * Scale and Bias multiply / add a blob ``s`` of shape bottom.shape[axis:axis+k]
   broadcast over the other axes.  View the bottom as (outer, dim, inner) with
   dim = s.count:  y[o, d, i] = x[o, d, i] * s[d]  (Scale, optionally + b[d])  or
@@ -107,8 +108,10 @@ class EltwiseLayer(Layer):
         if len(p.coeff) not in (0, len(bottom)):
             raise ConfigError(f"{self.describe()}: eltwise_param.coeff must be given once per bottom "
                               f"({len(bottom)} bottoms, {len(p.coeff)} coefficients)")
-        if self.op != SUM and len(p.coeff):
-            raise ConfigError(f"{self.describe()}: eltwise_param.coeff is only allowed with operation SUM")
+        if self.op == PROD and len(p.coeff):
+            # As Caffe: coefficients are refused for PROD, accepted (and unused) for MAX.
+            raise ConfigError(f"{self.describe()}: eltwise_param.coeff is not allowed with operation PROD "
+                              f"(coefficients apply to SUM only)")
         self.coeffs = [float(c) for c in p.coeff] if len(p.coeff) else [1.0] * len(bottom)
         self.stable_prod_grad = p.stable_prod_grad
         self.mask = np.zeros(0, dtype=np.int32)

@@ -170,12 +170,24 @@ def test_eltwise_prod_gradients_stable_and_unstable_agree():
 
 @pytest.mark.parametrize("text,err,match", [
     ('operation: SUM coeff: 1', ConfigError, "once per bottom"),
-    ('operation: PROD coeff: 1 coeff: 2', ConfigError, "only allowed with operation SUM"),
+    ('operation: PROD coeff: 1 coeff: 2', ConfigError, "not allowed with operation PROD"),
 ])
 def test_eltwise_config_errors(text, err, match):
     layer = make(f'type: "Eltwise" eltwise_param {{ {text} }}')
     with pytest.raises(err, match=match):
         setup(layer, np.zeros(3), np.zeros(3))
+
+
+def test_eltwise_max_accepts_and_ignores_coefficients_as_caffe():
+    # Caffe's EltwiseLayer::LayerSetUp rejects coeff only for PROD; MAX takes and ignores them.
+    a, b = np.array([1.0, 5.0, -2.0]), np.array([3.0, 4.0, -1.0])
+    layer = make('type: "Eltwise" eltwise_param { operation: MAX coeff: 2 coeff: -1 }')
+    bottom, top = setup(layer, a, b)
+    layer.Forward(bottom, top)
+    np.testing.assert_array_equal(top[0].data, np.maximum(a, b))
+    run(layer, bottom, top, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(bottom[0].diff, [0, 2, 0])
+    np.testing.assert_array_equal(bottom[1].diff, [1, 0, 3])
 
 
 def test_eltwise_shape_mismatch_and_in_place_are_errors():
