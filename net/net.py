@@ -246,6 +246,7 @@ class Net:
         self._param_index = []            # and its index among that layer's blobs
         self._param_owner = {}            # ParamSpec name -> index into learnable_params
         self._param_lr_set = {}
+        self._param_decay_set = {}
         available = OrderedDict()
         seen_layer_names = set()
         memory_used = 0               # elements of all tops so far, as Caffe counts them
@@ -357,6 +358,10 @@ class Net:
                     self._param_lr_set[k] = spec.lr_mult
                     self.params_lr[k] = spec.lr_mult
                 if spec.HasField("decay_mult"):
+                    if k in self._param_decay_set and self._param_decay_set[k] != spec.decay_mult:
+                        raise ConfigError(f"layer {layer.name!r}: shared parameter {name!r} has decay_mult "
+                                          f"{spec.decay_mult} but {self._param_decay_set[k]} elsewhere")
+                    self._param_decay_set[k] = spec.decay_mult
                     self.params_weight_decay[k] = spec.decay_mult
                 lr = self.params_lr[k]
             else:
@@ -369,6 +374,8 @@ class Net:
                 self._param_index.append(j)
                 if spec.HasField("lr_mult"):
                     self._param_lr_set[k] = spec.lr_mult
+                if spec.HasField("decay_mult"):
+                    self._param_decay_set[k] = spec.decay_mult
                 if name:
                     self._param_owner[name] = k
             need = lr != 0

@@ -113,6 +113,24 @@ def test_shared_parameter_shape_mismatch_is_an_error():
         make_net(text)
 
 
+def test_shared_parameter_multipliers_follow_caffe():
+    # Net::AppendParam: the first explicit lr_mult / decay_mult of a shared blob is taken; a later
+    # explicit one that differs is an error; an unset one keeps what is there.
+    def net_with(spec_a, spec_b):
+        return make_net(INPUT + ip("a", "x", "ya", n=4, extra=f'param {{ name: "w" {spec_a} }}')
+                        + ip("b", "ya", "yb", n=4, extra=f'param {{ name: "w" {spec_b} }}'))
+    net = net_with("", "decay_mult: 3 lr_mult: 2")
+    assert (net.params_lr[0], net.params_weight_decay[0]) == (2, 3)
+    net = net_with("decay_mult: 3", "")
+    assert net.params_weight_decay[0] == 3
+    net = net_with("decay_mult: 3", "decay_mult: 3")
+    assert net.params_weight_decay[0] == 3
+    with pytest.raises(ConfigError, match="shared parameter 'w' has decay_mult 2"):
+        net_with("decay_mult: 3", "decay_mult: 2")
+    with pytest.raises(ConfigError, match="shared parameter 'w' has lr_mult 2"):
+        net_with("lr_mult: 3", "lr_mult: 2")
+
+
 def test_loss_weights_scale_losses_and_any_top_can_be_a_loss():
     base = INPUT + ip("a", "x", "y")
     one = make_net(base + 'layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }')
