@@ -94,7 +94,7 @@ def bilinear(blob, param, rng):
         raise ConfigError(f"the bilinear filler needs a 4-D blob with square kernels, got {blob.shape}")
     k = blob.shape[3]
     f = math.ceil(k / 2.0)
-    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    c = (k - 1) / (2.0 * f)   # Caffe's centre since BVLC/caffe#5713 (the earlier one was off for k = 3, 6, 7, ...)
     x = np.arange(k)
     w = 1.0 - np.abs(x / f - c)
     blob.data[...] = np.outer(w, w)[None, None, :, :]

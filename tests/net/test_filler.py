@@ -47,13 +47,17 @@ def test_positive_unitball_rows_sum_to_one():
     np.testing.assert_allclose(p.reshape(5, -1).sum(1), 1, rtol=1e-5)
 
 
-def test_bilinear_matches_caffe_formula():
-    w = _filled((2, 1, 4, 4), type="bilinear")
-    f = math.ceil(4 / 2)
-    c = (2 * f - 1 - f % 2) / (2 * f)
-    for i in range(16):
-        x, y = i % 4, (i // 4) % 4
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 6, 7])
+def test_bilinear_matches_caffe_formula(k):
+    # Caffe's filler.hpp since BVLC/caffe#5713: f = ceil(k / 2), c = (k - 1) / (2 f).
+    w = _filled((2, 1, k, k), type="bilinear")
+    f = math.ceil(k / 2)
+    c = (k - 1) / (2 * f)
+    for i in range(k * k):
+        x, y = i % k, (i // k) % k
         assert w[1, 0, y, x] == pytest.approx((1 - abs(x / f - c)) * (1 - abs(y / f - c)))
+    # centred for odd sizes too (the old formula shifted k = 3, 6, 7, ... off centre)
+    np.testing.assert_allclose(w[0, 0], w[0, 0, ::-1, ::-1], rtol=1e-6)
 
 
 def test_same_seed_same_values_and_unknown_type():
