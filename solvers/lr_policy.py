@@ -7,7 +7,8 @@ updates done so far:
 * ``step``:      base_lr * gamma ^ floor(it / stepsize)
 * ``exp``:       base_lr * gamma ^ it
 * ``inv``:       base_lr * (1 + gamma * it) ^ (-power)
-* ``multistep``: base_lr * gamma ^ (number of stepvalue entries <= it)
+* ``multistep``: base_lr * gamma ^ (number of stepvalue entries <= it; at most one new
+  step per iteration, so a repeated value counts one iteration later)
 * ``poly``:      base_lr * (1 - it / max_iter) ^ power
 * ``sigmoid``:   base_lr / (1 + exp(-gamma * (it - stepsize)))
 
@@ -30,7 +31,6 @@ numcaffe's own (fields 1001 and up):
 ``current_step`` is what Caffe records in its SolverState for ``step`` and
 ``multistep``; :func:`current_step` computes it, again from the iteration alone.
 """
-import bisect
 import math
 
 from numcaffe.net.errors import ConfigError
@@ -72,7 +72,16 @@ def current_step(param, it):
     if param.lr_policy == "step":
         return it // param.stepsize
     if param.lr_policy == "multistep":
-        return bisect.bisect_right(list(param.stepvalue), it)
+        # Caffe advances the step at most once per iteration: step k is reached at
+        # max(stepvalue[k-1], (iteration of step k-1) + 1), which differs from a plain
+        # count only when stepvalues repeat.
+        step, reached = 0, -1
+        for value in param.stepvalue:
+            reached = max(value, reached + 1)
+            if reached > it:
+                break
+            step += 1
+        return step
     return 0
 
 

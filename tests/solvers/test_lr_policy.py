@@ -57,6 +57,14 @@ def test_current_step_is_what_caffe_records():
     assert lr_policy.current_step(P('lr_policy: "inv"'), 50) == 0
 
 
+def test_multistep_takes_at_most_one_step_per_iteration_as_caffe():
+    # SGDSolver::GetLearningRate advances current_step_ by at most one per iteration, so a
+    # repeated stepvalue takes effect one iteration after the first.
+    p = P('lr_policy: "multistep" base_lr: 1 gamma: 0.5 stepvalue: 5 stepvalue: 5 stepvalue: 6 stepvalue: 20')
+    assert [lr_policy.current_step(p, i) for i in (4, 5, 6, 7, 19, 20)] == [0, 1, 2, 3, 3, 4]
+    assert lr_policy.learning_rate(p, 5) == 0.5 and lr_policy.learning_rate(p, 7) == 0.125
+
+
 def test_cosine_without_restarts_anneals_over_max_iter():
     p = P('lr_policy: "cosine" base_lr: 0.1 min_lr: 0.001 max_iter: 100')
     for it in (0, 25, 50, 99):
