@@ -6,7 +6,8 @@ Caffe's filler.hpp:
 
 * constant: ``value``;  uniform: U(min, max);
 * gaussian: N(mean, std), with ``sparse >= 0`` keeping each weight with
-  probability ``sparse / num_outputs`` (num_outputs = shape[0]);
+  probability ``sparse / num_outputs`` (num_outputs = shape[0]); the other
+  fillers refuse ``sparse``, as Caffe's do;
 * xavier: U(-s, s), ``s = sqrt(3 / n)``;  msra: N(0, sqrt(2 / n)), where n is
   fan_in = count / shape[0], fan_out = count / shape[1], or their average, by
   ``variance_norm``;
@@ -106,4 +107,8 @@ def fill(blob, param, rng):
         fn = FILLERS[param.type]
     except KeyError:
         raise ConfigError(f"unknown filler type {param.type!r} (known: {', '.join(sorted(FILLERS))})") from None
+    if param.sparse != -1 and param.type != "gaussian":
+        # Caffe's other fillers CHECK this too: a sparse setting would otherwise be silently ignored.
+        raise ConfigError(f"filler {param.type!r} does not support sparse (got sparse: {param.sparse}); "
+                          f"only the gaussian filler does")
     fn(blob, param, rng)

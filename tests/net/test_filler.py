@@ -31,6 +31,14 @@ def test_sparse_gaussian_keeps_sparse_over_num_outputs():
     assert abs((g != 0).mean() - 0.1) < 0.01
 
 
+@pytest.mark.parametrize("kind", ["constant", "uniform", "xavier", "msra", "positive_unitball", "bilinear"])
+def test_sparse_is_refused_by_every_filler_but_gaussian(kind):
+    # Caffe's filler.hpp: each of these CHECKs sparse == -1 ("Sparsity not supported by this Filler").
+    with pytest.raises(ConfigError, match="sparse"):
+        _filled((2, 1, 4, 4), type=kind, sparse=3)
+    _filled((2, 1, 4, 4), type=kind, sparse=-1)
+
+
 @pytest.mark.parametrize("norm,n", [("FAN_IN", 3 * 5 * 5), ("FAN_OUT", 64 * 5 * 5), ("AVERAGE", (75 + 1600) / 2)])
 def test_xavier_and_msra_scales(norm, n):
     vn = F.VarianceNorm.Value(norm)
