@@ -75,24 +75,13 @@ def update_running_stats(mean, var, fraction, correction, run_mean, run_var, fac
         run_var[c] = correction * var[c] + fraction * run_var[c]
 
 
-@njit(cache=True)
-def batch_norm_forward(x, mean, std, num, channels, spatial, y, x_norm, keep):
-    """y = (x - mean_c) / std_c, also into x_norm when ``keep`` (backward with batch statistics reads it)."""
-    for n in range(num):
-        for c in range(channels):
-            base = (n * channels + c) * spatial
-            mu = mean[c]
-            s = std[c]
-            for i in range(spatial):
-                v = (x[base + i] - mu) / s
-                y[base + i] = v
-                if keep:
-                    x_norm[base + i] = v
-
+# Each kernel works on one array in place: the layer copies x into the top (dy into the bottom diff)
+# first when it does not run in place.  A numba loop handed one array as both input and output
+# falls back to scalar code (layers/neuron.py), and one in-place kernel serves both cases.
 
 @njit(cache=True)
-def batch_norm_forward_inplace(y, mean, std, num, channels, spatial, x_norm, keep):
-    """batch_norm_forward when y is x (one array, so the loop vectorises; see layers/neuron.py)."""
+def batch_norm_forward(y, mean, std, num, channels, spatial, x_norm, keep):
+    """y = (y - mean_c) / std_c, also into x_norm when ``keep`` (backward with batch statistics reads it)."""
     for n in range(num):
         for c in range(channels):
             base = (n * channels + c) * spatial
@@ -105,25 +94,19 @@ def batch_norm_forward_inplace(y, mean, std, num, channels, spatial, x_norm, kee
                     x_norm[base + i] = v
 
 
-@njit(cache=True, inline="always")
-def _channel_sums(dy, x_norm, num, channels, spatial, sum_dy, sum_dy_y):
-    """sum_dy[c] = sum of dy, sum_dy_y[c] = sum of dy * y over channel c."""
+@njit(cache=True)
+def batch_norm_backward(d, x_norm, std, num, channels, spatial, sum_dy, sum_dy_y):
+    """d = (d - mean(d) - mean(d * y) * y) / std over each channel (d: dy in, dx out)."""
     for c in range(channels):
         a = 0.0
         b = 0.0
         for n in range(num):
             base = (n * channels + c) * spatial
             for i in range(spatial):
-                a += dy[base + i]
-                b += dy[base + i] * x_norm[base + i]
+                a += d[base + i]
+                b += d[base + i] * x_norm[base + i]
         sum_dy[c] = a
         sum_dy_y[c] = b
-
-
-@njit(cache=True)
-def batch_norm_backward_inplace(d, x_norm, std, num, channels, spatial, sum_dy, sum_dy_y):
-    """batch_norm_backward when dx is dy (one array, so the loops vectorise)."""
-    _channel_sums(d, x_norm, num, channels, spatial, sum_dy, sum_dy_y)
     m = num * spatial
     for n in range(num):
         for c in range(channels):
@@ -136,40 +119,14 @@ def batch_norm_backward_inplace(d, x_norm, std, num, channels, spatial, sum_dy, 
 
 
 @njit(cache=True)
-def batch_norm_global_backward_inplace(d, std, num, channels, spatial):
-    """batch_norm_global_backward when dx is dy: d = d / std_c."""
+def batch_norm_global_backward(d, std, num, channels, spatial):
+    """d = d / std_c (global statistics are constants)."""
     for n in range(num):
         for c in range(channels):
             base = (n * channels + c) * spatial
             s = std[c]
             for i in range(spatial):
                 d[base + i] = d[base + i] / s
-
-
-@njit(cache=True)
-def batch_norm_backward(dy, x_norm, std, num, channels, spatial, sum_dy, sum_dy_y, dx):
-    """dx = (dy - mean(dy) - mean(dy * y) * y) / std over each channel."""
-    m = num * spatial
-    _channel_sums(dy, x_norm, num, channels, spatial, sum_dy, sum_dy_y)
-    for n in range(num):
-        for c in range(channels):
-            base = (n * channels + c) * spatial
-            mdy = sum_dy[c] / m
-            mdyy = sum_dy_y[c] / m
-            s = std[c]
-            for i in range(spatial):
-                dx[base + i] = (dy[base + i] - mdy - mdyy * x_norm[base + i]) / s
-
-
-@njit(cache=True)
-def batch_norm_global_backward(dy, std, num, channels, spatial, dx):
-    """dx = dy / std_c."""
-    for n in range(num):
-        for c in range(channels):
-            base = (n * channels + c) * spatial
-            s = std[c]
-            for i in range(spatial):
-                dx[base + i] = dy[base + i] / s
 
 
 @register("BatchNorm")
@@ -239,31 +196,22 @@ class BatchNormLayer(Layer):
         # With global statistics backward needs no x_norm: not writing it saves a third of the traffic.
         keep = not self.use_global_stats
         x_norm = self.x_norm[: x.size] if keep else self.x_norm[:1]
-        if top[0] is bottom[0]:
-            # A kernel handed x as its output too runs scalar code (layers/neuron.py): ResNet's in-place
-            # BN at 800,000 elements took 0.71 ms, 0.2 ms now.
-            batch_norm_forward_inplace(x, self.mean, self.std, self.num, self.channels, self.spatial, x_norm,
-                                       keep)
-        else:
-            batch_norm_forward(x, self.mean, self.std, self.num, self.channels, self.spatial,
-                               top[0].flat_data, x_norm, keep)
+        y = top[0].flat_data
+        if top[0] is not bottom[0]:
+            np.copyto(y, x)
+        batch_norm_forward(y, self.mean, self.std, self.num, self.channels, self.spatial, x_norm, keep)
 
     def Backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        dy, dx = top[0].flat_diff, bottom[0].flat_diff
-        in_place = top[0] is bottom[0]
+        dx = bottom[0].flat_diff
+        if top[0] is not bottom[0]:
+            np.copyto(dx, top[0].flat_diff)
         if self.use_global_stats:
-            if in_place:
-                batch_norm_global_backward_inplace(dx, self.std, self.num, self.channels, self.spatial)
-            else:
-                batch_norm_global_backward(dy, self.std, self.num, self.channels, self.spatial, dx)
-        elif in_place:
-            batch_norm_backward_inplace(dx, self.x_norm[: dx.size], self.std, self.num, self.channels,
-                                        self.spatial, self.sum_dy, self.sum_dy_y)
+            batch_norm_global_backward(dx, self.std, self.num, self.channels, self.spatial)
         else:
-            batch_norm_backward(dy, self.x_norm[: dy.size], self.std, self.num, self.channels, self.spatial,
-                                self.sum_dy, self.sum_dy_y, dx)
+            batch_norm_backward(dx, self.x_norm[: dx.size], self.std, self.num, self.channels, self.spatial,
+                                self.sum_dy, self.sum_dy_y)
 
 
 # -- MVN kernels ----------------------------------------------------------------------------
