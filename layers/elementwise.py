@@ -165,17 +165,6 @@ class EltwiseLayer(Layer):
 
 # -- Scale / Bias kernels ------------------------------------------------------------
 @njit(cache=True)
-def broadcast_scale(x, s, outer, dim, inner, y):
-    """y[o, d, i] = x[o, d, i] * s[d]."""
-    for o in range(outer):
-        for d in range(dim):
-            base = (o * dim + d) * inner
-            f = s[d]
-            for i in range(inner):
-                y[base + i] = x[base + i] * f
-
-
-@njit(cache=True)
 def broadcast_scale_bias(x, s, b, outer, dim, inner, y):
     """y[o, d, i] = x[o, d, i] * s[d] + b[d]  (Scale with its bias, in one pass)."""
     for o in range(outer):
@@ -188,8 +177,8 @@ def broadcast_scale_bias(x, s, b, outer, dim, inner, y):
 
 
 @njit(cache=True)
-def broadcast_scale_inplace(y, s, outer, dim, inner):
-    """broadcast_scale when y is x: y[o, d, i] *= s[d] (one array, so the loop vectorises)."""
+def broadcast_scale(y, s, outer, dim, inner):
+    """y[o, d, i] *= s[d], in place: one array, so the loop vectorises (layers/neuron.py)."""
     for o in range(outer):
         for d in range(dim):
             base = (o * dim + d) * inner
@@ -199,25 +188,14 @@ def broadcast_scale_inplace(y, s, outer, dim, inner):
 
 
 @njit(cache=True)
-def broadcast_add_inplace(y, b, outer, dim, inner):
-    """broadcast_add when y is x: y[o, d, i] += b[d]."""
+def broadcast_add(y, b, outer, dim, inner):
+    """y[o, d, i] += b[d], in place."""
     for o in range(outer):
         for d in range(dim):
             base = (o * dim + d) * inner
             f = b[d]
             for i in range(inner):
                 y[base + i] = y[base + i] + f
-
-
-@njit(cache=True)
-def broadcast_add(x, b, outer, dim, inner, y):
-    """y[o, d, i] = x[o, d, i] + b[d]  (y is not x: in place, broadcast_add_inplace)."""
-    for o in range(outer):
-        for d in range(dim):
-            base = (o * dim + d) * inner
-            f = b[d]
-            for i in range(inner):
-                y[base + i] = x[base + i] + f
 
 
 @njit(cache=True)
@@ -339,7 +317,9 @@ class ScaleLayer(Layer):
             broadcast_scale_bias(x, self._scale(bottom).flat_data, self.blobs[-1].flat_data, self.outer,
                                  self.dim, self.inner, y)
         else:
-            broadcast_scale(x, self._scale(bottom).flat_data, self.outer, self.dim, self.inner, y)
+            if top[0] is not bottom[0]:
+                np.copyto(y, x)
+            broadcast_scale(y, self._scale(bottom).flat_data, self.outer, self.dim, self.inner)
 
     def Backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].flat_diff
@@ -351,10 +331,10 @@ class ScaleLayer(Layer):
             x = self._x_copy[: bottom[0].count] if top[0] is bottom[0] else bottom[0].flat_data
             reduce_product(dy, x, self.outer, self.dim, self.inner, s.flat_diff, learned)
         if propagate_down[0]:
-            if top[0] is bottom[0]:   # dx is dy (a kernel handed both would run scalar code)
-                broadcast_scale_inplace(dy, s.flat_data, self.outer, self.dim, self.inner)
-            else:
-                broadcast_scale(dy, s.flat_data, self.outer, self.dim, self.inner, bottom[0].flat_diff)
+            dx = bottom[0].flat_diff
+            if top[0] is not bottom[0]:
+                np.copyto(dx, dy)
+            broadcast_scale(dx, s.flat_data, self.outer, self.dim, self.inner)
 
 
 @register("Bias")
@@ -386,10 +366,9 @@ class BiasLayer(Layer):
 
     def Forward_cpu(self, bottom, top):
         b = self._bias(bottom).flat_data
-        if top[0] is bottom[0]:
-            broadcast_add_inplace(top[0].flat_data, b, self.outer, self.dim, self.inner)
-        else:
-            broadcast_add(bottom[0].flat_data, b, self.outer, self.dim, self.inner, top[0].flat_data)
+        if top[0] is not bottom[0]:
+            np.copyto(top[0].flat_data, bottom[0].flat_data)
+        broadcast_add(top[0].flat_data, b, self.outer, self.dim, self.inner)
 
     def Backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].flat_diff
