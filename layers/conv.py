@@ -31,8 +31,8 @@ copies themselves are in layers/im2col.py):
   pays weight-sized transposes, dearer than the GEMMs for ResNet's res5 at
   batch 1), ``(K, N * P)`` columns.  Groups are one stacked matmul, never a loop.
 * Columns and other scratch arrays live in one workspace per thread, shared
-  by all convolution layers (grown as needed, freed with the last layer); batches whose columns exceed
-  ``COL_LIMIT`` elements run in chunks of images.  When one chunk holds the
+  by all convolution layers (grown as needed, freed with the last layer);
+  batches whose columns exceed ``COL_LIMIT`` elements run in chunks of images.  When one chunk holds the
   whole batch and no other layer has used the column buffer since, backward
   reuses forward's columns for the weight gradient (in a chain of convolutions,
   the last one).  (Smaller, cache-sized chunks were measured on LeNet:
@@ -360,12 +360,13 @@ class ConvolutionLayer(BaseConvolutionLayer):
             return
         geo = self.geo
         G, M, K, P = self.group, self.num_output, geo.rows, geo.P
+        # Forward's columns are still there only if no other layer took the buffer since.
+        self._cached = self._cached and self.buffers.holds("col")
         if self.nhwc:
             return self._backward_nhwc(top, propagate_down, bottom, want_w, want_b, db)
         Mg, Kg = M // G, K // G
         WgT = self.blobs[0].flat_data.reshape(G, Mg, Kg).transpose(0, 2, 1)
         dW = self.blobs[0].flat_diff
-        self._cached = self._cached and self.buffers.holds("col")
         col_buf = self.buffers.get("col", K * self.chunk * P)
         dW_tmp = self.buffers.get("dW", M * Kg).reshape(G, Mg, Kg)
         dWT_tmp = self.buffers.get("dW", M * Kg).reshape(G, Kg, Mg)
@@ -417,7 +418,6 @@ class ConvolutionLayer(BaseConvolutionLayer):
     def _backward_nhwc(self, top, propagate_down, bottom, want_w, want_b, db):
         geo = self.geo
         M, K, P, C = self.num_output, geo.rows, geo.P, geo.C
-        self._cached = self._cached and self.buffers.holds("col")
         Wp = self._nhwc_weights()
         dW = self.blobs[0].diff.reshape(M, C, -1)
         dWp = self.buffers.get("dW", M * K).reshape(M, K)
