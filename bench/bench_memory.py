@@ -69,7 +69,7 @@ def export_arrays(out):
     """The LMDBs' images (uint8 N×1×28×28) and labels (int64) as .npy files in ``out``."""
     import numpy as np
 
-    from numcaffe.net.db import LMDB, open_reader, parse_datum
+    from numcaffe.net.data.db import LMDB, open_reader, parse_datum
     for split in ("train", "test"):
         with open_reader(os.path.join(DATA, f"{split}_lmdb"), LMDB) as r:
             n = r.count()

@@ -15,12 +15,13 @@ resumed run reads exactly the batches the uninterrupted run would have.
 import numpy as np
 
 from numcaffe.layers.base import register
-from numcaffe.net.db import DataError, datum_array, open_reader, parse_datum, resolve_path
-from numcaffe.net.errors import ConfigError
+from numcaffe.layers.base_data import PrefetchingDataLayer
+from numcaffe.net.data.db import datum_array, open_reader, parse_datum
+from numcaffe.net.data.transform import DataTransformer, decode_image
+from numcaffe.net.errors import ConfigError, DataError
+from numcaffe.net.io import resolve_path
 from numcaffe.net.log import get_logger
-from numcaffe.net.prefetch import PrefetchingDataLayer
 from numcaffe.net.proto.caffe_pb2 import Datum
-from numcaffe.net.transform import DataTransformer, decode_image
 
 
 def generator_like(rng, state):
@@ -31,7 +32,7 @@ def generator_like(rng, state):
 
 
 class DatumSource:
-    """Reads batches of Datums from a database :class:`~numcaffe.net.db.Reader` and transforms them."""
+    """Reads batches of Datums from a database :class:`~numcaffe.net.data.db.Reader` and transforms them."""
 
     def __init__(self, reader, transformer, batch_size, rng, with_label, where):
         self.reader = reader

@@ -20,10 +20,11 @@ import os
 import numpy as np
 
 from numcaffe.layers.base import Layer, register
+from numcaffe.layers.base_data import PrefetchingDataLayer
 from numcaffe.layers.data import generator_like
-from numcaffe.net.db import DataError, need, resolve_path
-from numcaffe.net.errors import ConfigError
-from numcaffe.net.prefetch import PrefetchingDataLayer
+from numcaffe.net.data.db import need
+from numcaffe.net.errors import ConfigError, DataError
+from numcaffe.net.io import resolve_path
 
 
 def read_file_list(path, base_dir, where):

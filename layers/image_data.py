@@ -18,12 +18,12 @@ import os
 import numpy as np
 
 from numcaffe.layers.base import register
+from numcaffe.layers.base_data import PrefetchingDataLayer
 from numcaffe.layers.data import generator_like
-from numcaffe.net.db import DataError, resolve_path
-from numcaffe.net.errors import ConfigError
+from numcaffe.net.data.transform import DataTransformer, decode_image
+from numcaffe.net.errors import ConfigError, DataError
+from numcaffe.net.io import resolve_path
 from numcaffe.net.log import get_logger
-from numcaffe.net.prefetch import PrefetchingDataLayer
-from numcaffe.net.transform import DataTransformer, decode_image
 
 
 def read_image_list(path, where="image list"):

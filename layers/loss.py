@@ -34,8 +34,8 @@ from numcaffe.layers.base import LossLayer, register
 from numcaffe.layers.softmax import SoftmaxGeometry
 from numcaffe.net.blob import Blob, proto_array
 from numcaffe.net.config import parse_binary, read_bytes
-from numcaffe.net.db import resolve_path
 from numcaffe.net.errors import ConfigError, NumcaffeError
+from numcaffe.net.io import resolve_path
 from numcaffe.net.proto import caffe_pb2
 
 #: Caffe's clamp under the log of a softmax probability (float's FLT_MIN).

@@ -30,10 +30,10 @@ import math
 import numpy as np
 
 from numcaffe.layers.base import register
-from numcaffe.net.db import DataError, resolve_path
-from numcaffe.net.errors import ConfigError
-from numcaffe.net.prefetch import PrefetchingDataLayer
-from numcaffe.net.transform import DataTransformer, decode_image
+from numcaffe.layers.base_data import PrefetchingDataLayer
+from numcaffe.net.data.transform import DataTransformer, decode_image
+from numcaffe.net.errors import ConfigError, DataError
+from numcaffe.net.io import resolve_path
 
 
 def read_window_file(path, fg_threshold, bg_threshold, root_folder="", base_dir=None):

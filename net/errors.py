@@ -25,3 +25,7 @@ class ShapeError(NumcaffeError):
 
 class NumericalError(NumcaffeError):
     """A NaN or Inf appeared where a finite value was expected."""
+
+
+class DataError(NumcaffeError):
+    """A data file (database, list file, IDX file, image) that is missing, corrupt or does not fit."""

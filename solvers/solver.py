@@ -36,8 +36,8 @@ from google.protobuf import text_format
 
 from numcaffe.net import random as nc_random
 from numcaffe.net.config import read_message
-from numcaffe.net.db import resolve_path
 from numcaffe.net.errors import ConfigError, ModelFileError, NumericalError
+from numcaffe.net.io import resolve_path
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.solvers import lr_policy, signals
 from numcaffe.solvers import state as solver_state

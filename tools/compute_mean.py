@@ -8,8 +8,8 @@ printed too, for ``mean_value``.  Sums are kept in double precision.
 """
 import numpy as np
 
-from numcaffe.net.db import DataError, datum_array, open_reader, parse_datum
-from numcaffe.net.transform import decode_image
+from numcaffe.net.data.db import DataError, datum_array, open_reader, parse_datum
+from numcaffe.net.data.transform import decode_image
 
 COMMAND = "compute-mean"
 HELP = "compute the mean image of an LMDB/LevelDB of Datums, as a .binaryproto mean file"

@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from numcaffe.net.db import DataError, LMDB, array_datum, open_writer
+from numcaffe.net.data.db import DataError, LMDB, array_datum, open_writer
 
 COMMAND = "convert-idx"
 HELP = "convert IDX images + labels (MNIST format, .gz or raw) into an LMDB/LevelDB of Datums"

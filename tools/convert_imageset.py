@@ -15,8 +15,8 @@ import shutil
 
 import numpy as np
 
-from numcaffe.net.db import DataError, array_datum, open_writer
-from numcaffe.net.transform import decode_image, encode_image
+from numcaffe.net.data.db import DataError, array_datum, open_writer
+from numcaffe.net.data.transform import decode_image, encode_image
 
 COMMAND = "convert-imageset"
 HELP = "convert a list of image files with labels into an LMDB/LevelDB of Datums (Caffe's convert_imageset)"

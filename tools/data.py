@@ -22,7 +22,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from numcaffe.net.db import DataError, LMDB, open_reader, parse_datum
+from numcaffe.net.data.db import DataError, LMDB, open_reader, parse_datum
 
 COMMAND = "data"
 HELP = "fetch a standard data set and convert it to LMDB (fashion-mnist)"

@@ -379,7 +379,7 @@ def test_net_set_input_arrays(tmp_path):
 
 def test_missing_optional_package_names_the_extra(monkeypatch):
     import sys
-    from numcaffe.net import db as dbmod
+    from numcaffe.net.data import db as dbmod
     monkeypatch.setitem(sys.modules, "lmdb", None)    # import lmdb -> ImportError
     with pytest.raises(NumcaffeError, match=r"numcaffe\[data\]"):
         dbmod.open_reader(cd.UINT8_DB, "lmdb")

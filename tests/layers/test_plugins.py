@@ -50,7 +50,7 @@ def test_plugin_types_register_and_a_broken_plugin_is_reported(tmp_path):
     proc = _run(tmp_path, textwrap.dedent("""
         import numpy as np
         import numcaffe.layers as L
-        from numcaffe.net.netspec import NetSpec, layers as Ls
+        from numcaffe.net.pycaffe.net_spec import NetSpec, layers as Ls
         print(sorted(n for n, _, _ in L.PLUGIN_ERRORS))
         print("Triple" in L.LAYER_REGISTRY, L.LAYER_REGISTRY.get("Identity2").__name__)
         n = NetSpec()

@@ -75,7 +75,7 @@ def _init_messages(lines, sources):
 def test_building_caffes_lenet_logs_what_caffes_net_init_logs(tmp_path, monkeypatch, capsys):
     """TRAIN and TEST nets of Caffe's own prototxt: every Opened lmdb, output data size, Creating Layer,
     <-, ->, Top shape, Memory required, backward and output line, in order, as in Caffe's training log."""
-    from numcaffe.net.db import LMDB, array_datum, open_writer
+    from numcaffe.net.data.db import LMDB, array_datum, open_writer
     from numcaffe.net.net import Net
     for name in ("train_lmdb", "test_lmdb"):  # the sources the prototxt names, in the working directory
         with open_writer(str(tmp_path / name), LMDB) as w:

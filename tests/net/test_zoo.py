@@ -403,7 +403,7 @@ def test_mnist_siamese_deploy_with_net_level_input_shape():
 def write_pair_db(path, count, rng):
     """A LevelDB of MNIST-like pairs as Caffe's convert_mnist_siamese_data writes them:
     two 28x28 uint8 images stacked as 2 channels, label 1 when the pair is similar."""
-    from numcaffe.net.db import array_datum, open_writer
+    from numcaffe.net.data.db import array_datum, open_writer
     with open_writer(str(path), "leveldb") as writer:
         for i in range(count):
             a = rng.integers(0, 256, (28, 28), dtype=np.uint8)

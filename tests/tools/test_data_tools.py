@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from numcaffe.net.db import DataError, open_reader, parse_datum
+from numcaffe.net.data.db import DataError, open_reader, parse_datum
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.tools import cli
 from numcaffe.tools import data as data_tool
@@ -115,7 +115,7 @@ def test_convert_idx_count_mismatch_is_an_error(tmp_path, capsys):
 
 
 def test_lmdb_map_grows_past_a_tiny_initial_size(tmp_path, monkeypatch):
-    from numcaffe.net import db as dbmod
+    from numcaffe.net.data import db as dbmod
     from numcaffe.tools.convert_idx import write_idx_db
     monkeypatch.setattr(dbmod, "INITIAL_MAP_SIZE", 64 << 10)       # 64 KiB
     monkeypatch.setattr(dbmod, "COMMIT_EVERY", 50)
@@ -177,7 +177,7 @@ def test_convert_imageset_options(tmp_path, capsys, image_files):
     # encoded as another type
     db = str(tmp_path / "bmp")
     assert run_cli(["convert-imageset", root, listfile, db, "--encode_type", "bmp"], capsys)[0] == 0
-    from numcaffe.net.transform import decode_image
+    from numcaffe.net.data.transform import decode_image
     for i, (_, d) in enumerate(records(db)):
         assert d.encoded and d.data[:2] == b"BM"
         np.testing.assert_array_equal(decode_image(d.data), pics[i][:, :, ::-1].transpose(2, 0, 1))
@@ -198,7 +198,7 @@ def test_convert_imageset_errors(tmp_path, capsys, image_files):
 
 
 def test_compute_mean_writes_a_mean_file_the_transformer_reads(tmp_path, capsys):
-    from numcaffe.net.transform import load_mean_file
+    from numcaffe.net.data.transform import load_mean_file
     imgs = write(tmp_path / "imgs", idx_bytes(IMAGES))
     lbls = write(tmp_path / "lbls", idx_bytes(LABELS))
     db = str(tmp_path / "db")

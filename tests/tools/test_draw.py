@@ -9,7 +9,7 @@ pytest.importorskip("graphviz")
 
 from numcaffe.net.config import parse_text  # noqa: E402
 from numcaffe.net.proto import caffe_pb2  # noqa: E402
-from numcaffe.tools.draw import build_graph, layer_label  # noqa: E402
+from numcaffe.net.draw import build_graph, layer_label  # noqa: E402
 from tests.tools.test_errors import assert_clean_error, cli  # noqa: E402
 
 LENET = Path(__file__).resolve().parents[2] / "configs" / "lenet" / "lenet_train_test.prototxt"

@@ -70,7 +70,7 @@ def decode_image(data, color=None, size=None, where="image"):
     a bilinear filter (Pillow's, which smooths when shrinking, so pixels differ
     slightly from OpenCV's ``cv::resize``).
     """
-    from numcaffe.net.db import DataError, need
+    from numcaffe.net.data.db import DataError, need
     need("PIL", "decoding images")
     from PIL import Image, UnidentifiedImageError
 
@@ -99,7 +99,7 @@ def decode_image(data, color=None, size=None, where="image"):
 
 def encode_image(array, fmt="png"):
     """Encode a (channels, height, width) uint8 BGR array (Caffe's order) as PNG/JPEG/... bytes."""
-    from numcaffe.net.db import DataError, need
+    from numcaffe.net.data.db import DataError, need
     need("PIL", "encoding images")
     from PIL import Image
 
@@ -142,7 +142,7 @@ class DataTransformer:
         if p.mean_file:
             if self.mean_values:
                 raise ConfigError(f"{where}: transform_param cannot give both mean_file and mean_value")
-            from numcaffe.net.db import resolve_path
+            from numcaffe.net.io import resolve_path
             self.mean_image = load_mean_file(resolve_path(p.mean_file, base_dir, "mean_file"))
         self._means = {}
 

@@ -4,7 +4,7 @@ import pytest
 
 from numcaffe.net.config import parse_text, parse_yaml
 from numcaffe.net.errors import ConfigError
-from numcaffe.net.netspec import NetSpec, layers as L, params as P, to_proto
+from numcaffe.net.pycaffe.net_spec import NetSpec, layers as L, params as P, to_proto
 from numcaffe.net.proto import caffe_pb2
 
 EXPECTED = """

@@ -11,8 +11,9 @@ convert_mnist_data) write such databases.  This module is that storage layer:
   map grows as needed (Caffe reserves a fixed 1 TB map, which fails on small
   disks and some file systems).
 * :func:`datum_array` / :func:`array_datum` convert between Datum and numpy.
-* :func:`resolve_path` finds a relative data path as Caffe does (working
-  directory) and, failing that, next to the config file.
+* :func:`~numcaffe.net.io.resolve_path` (here too) finds a relative data
+  path as Caffe does (working directory) and, failing that, next to the
+  config file.
 
 LMDB reads through a read-only memory map, so every page a reader has touched
 stays in the process's resident set: a Caffe run over a database grows by the
@@ -33,7 +34,7 @@ import threading
 
 import numpy as np
 
-from numcaffe.net.errors import NumcaffeError
+from numcaffe.net.errors import DataError
 
 LMDB = "lmdb"
 LEVELDB = "leveldb"
@@ -46,10 +47,6 @@ COMMIT_EVERY = 1000
 RELEASE_EVERY = 4 << 20
 
 
-class DataError(NumcaffeError):
-    """A data file (database, list file, IDX file, image) that is missing, corrupt or does not fit."""
-
-
 def need(module, what):
     """Import an optional dependency, or fail naming the extra that provides it."""
     import importlib
@@ -58,34 +55,6 @@ def need(module, what):
     except ImportError:
         raise DataError(f"{what} needs the Python package {module!r}; install numcaffe's data extra "
                         f"(pip install 'numcaffe[data]')") from None
-
-
-def resolve_path(path, base_dir=None, what="file", must_exist=True):
-    """The path to open for a config's relative ``path``.
-
-    Caffe resolves relative paths against the working directory; numcaffe also
-    looks next to the config file (``base_dir``) when the path is not found
-    there.  With ``must_exist`` a missing path is a DataError naming the places looked in.
-    """
-    path = os.fspath(path)
-    if not path:
-        raise DataError(f"no {what} given")
-    path = os.path.expanduser(path)
-    if os.path.isabs(path) or os.path.exists(path):
-        if must_exist and not os.path.exists(path):
-            raise DataError(f"{what} {path!r} does not exist")
-        return path
-    if base_dir:
-        alt = os.path.join(base_dir, path)
-        if os.path.exists(alt):
-            return alt
-    if must_exist:
-        places = [os.getcwd()]
-        if base_dir and os.path.abspath(base_dir) != places[0]:
-            places.append(os.path.abspath(base_dir))
-        where = " (looked in " + " and ".join(map(repr, places)) + ")"
-        raise DataError(f"{what} {path!r} does not exist{where}")
-    return path
 
 
 def backend_name(backend):

@@ -4,8 +4,8 @@ import sys
 import numpy as np
 import pytest
 
-from numcaffe.net import db
-from numcaffe.net.db import LMDB, array_datum, open_reader, open_writer, parse_datum, datum_array
+from numcaffe.net.data import db
+from numcaffe.net.data.db import LMDB, array_datum, open_reader, open_writer, parse_datum, datum_array
 
 pytest.importorskip("lmdb")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
@@ -72,7 +72,8 @@ def test_records_read_after_a_release_are_intact(big_db, monkeypatch):
 
 def test_missing_path_names_each_place_looked_in_once(tmp_path, monkeypatch):
     # run from the config's own directory, the working directory and the config directory are one place
-    from numcaffe.net.db import DataError, resolve_path
+    from numcaffe.net.errors import DataError
+    from numcaffe.net.io import resolve_path
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError) as e:
         resolve_path("nothing_here", str(tmp_path), what="data_param.source")

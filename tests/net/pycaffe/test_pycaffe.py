@@ -9,7 +9,7 @@ import numcaffe.net.pycaffe as caffe
 from numcaffe.net.errors import ConfigError, NumcaffeError, ShapeError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 FIX = os.path.join(ROOT, "tests", "fixtures", "caffe")
 DEPLOY = os.path.join(FIX, "lenet_deploy.prototxt")
 WEIGHTS = os.path.join(FIX, "lenet_iter_10000.caffemodel")
@@ -91,13 +91,13 @@ def test_set_mode_gpu_warns_once_and_runs(numcaffe_log, lenet_data):
     warnings = [r for r in numcaffe_log.records if r.levelno == logging.WARNING and "CPU" in r.getMessage()]
     # once per process: earlier tests in the same run may already have had the warning
     assert len(warnings) <= 1
-    assert caffe._warned_gpu
+    assert caffe.pycaffe._warned_gpu
     net = caffe.Net(DEPLOY, WEIGHTS, caffe.TEST)
     assert net.forward(data=np.zeros((100, 1, 28, 28), np.float32))["prob"].shape == (100, 10)
 
 
 def test_set_mode_gpu_warning_text(numcaffe_log, monkeypatch):
-    monkeypatch.setattr(caffe, "_warned_gpu", False)
+    monkeypatch.setattr(caffe.pycaffe, "_warned_gpu", False)
     caffe.set_device(1)
     caffe.set_mode_gpu()
     msgs = [r.getMessage() for r in numcaffe_log.records if r.levelno == logging.WARNING]
@@ -115,6 +115,19 @@ def test_module_surface():
     proto = n.to_proto()
     assert [l.type for l in proto.layer] == ["Input", "InnerProduct"]
     assert issubclass(caffe.Layer, object) and hasattr(caffe.Layer, "forward")
+
+
+def test_submodules_import_as_caffes_do():
+    """Caffe's python/caffe/ submodules, imported the ways pycaffe scripts import them."""
+    import numcaffe.net.pycaffe.proto.caffe_pb2 as pb2_module
+    from numcaffe.net.pycaffe import classifier, draw, io, net_spec, pycaffe
+    from numcaffe.net.pycaffe.proto import caffe_pb2
+    from numcaffe.net.proto import caffe_pb2 as schema
+    assert caffe_pb2 is pb2_module is caffe.proto.caffe_pb2 is schema
+    assert caffe.Classifier is classifier.Classifier and caffe.io is io and caffe.draw is draw
+    assert caffe.NetSpec is net_spec.NetSpec and caffe.layers is net_spec.layers
+    assert caffe.Net is pycaffe.Net and caffe.SGDSolver is pycaffe.SGDSolver
+    assert set(caffe.__all__) <= set(dir(caffe))
 
 
 # ---------------------------------------------------------------- solvers

@@ -18,7 +18,7 @@ pycaffe's names, argument orders and order of operations.  Differences, all deli
 import numpy as np
 
 from numcaffe.net.blob import proto_array
-from numcaffe.net.db import DataError, array_datum, datum_array, need
+from numcaffe.net.data.db import DataError, array_datum, datum_array, need
 from numcaffe.net.errors import ConfigError, ShapeError
 from numcaffe.net.proto import caffe_pb2
 

@@ -2,7 +2,7 @@
 
 ::
 
-    from numcaffe.net.netspec import NetSpec, layers as L, params as P
+    from numcaffe.net.pycaffe.net_spec import NetSpec, layers as L, params as P
 
     n = NetSpec()
     n.data, n.label = L.Input(ntop=2, shape=[dict(dim=[64, 1, 28, 28]), dict(dim=[64])])

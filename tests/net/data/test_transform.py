@@ -6,7 +6,7 @@ import pytest
 
 from numcaffe.net.errors import NumcaffeError
 from numcaffe.net.proto import caffe_pb2
-from numcaffe.net.transform import DataTransformer, decode_image, encode_image, load_mean_file
+from numcaffe.net.data.transform import DataTransformer, decode_image, encode_image, load_mean_file
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
