@@ -185,10 +185,14 @@ class Net:
     """A net for one phase, built from a prototxt, YAML or NetParameter.
 
     ``Net(model_file, phase, weights=None, stages=(), level=0)`` as in pycaffe, which also takes
-    its older form ``Net(model_file, weights_file, phase)``.
+    its older form ``Net(model_file, weights_file, phase)``.  A file is upgraded from old Caffe
+    formats as it is read (:func:`~numcaffe.net.config.read_message`); a NetParameter is taken as
+    it is (as Caffe's ``Net(NetParameter)``), copied, never changed.  ``state`` (a NetState, as the
+    solver merges it from the net's and its own ``train_state``/``test_state``) replaces the
+    net's state, and then ``phase``, ``stages`` and ``level`` are not used.
     """
 
-    def __init__(self, model, phase=TRAIN, weights=None, stages=(), level=0, base_dir=None):
+    def __init__(self, model, phase=TRAIN, weights=None, stages=(), level=0, base_dir=None, state=None):
         phase_is_a_path = isinstance(phase, os.PathLike) or (isinstance(phase, str) and phase not in _PHASES)
         weights_is_a_phase = isinstance(weights, (int, str)) and (weights in _PHASES or weights in (TRAIN, TEST))
         if phase_is_a_path and weights_is_a_phase:
@@ -196,8 +200,6 @@ class Net:
         if isinstance(model, caffe_pb2.NetParameter):
             param = caffe_pb2.NetParameter()
             param.CopyFrom(model)
-            from numcaffe.net.upgrade import upgrade_message
-            upgrade_message(param, "<net>")
             self.source = "<net>"
         else:
             model = os.fspath(model)
@@ -206,6 +208,9 @@ class Net:
             if base_dir is None:
                 base_dir = os.path.dirname(os.path.abspath(model))
         self.base_dir = base_dir
+        if state is not None:
+            param.state.CopyFrom(state)
+            phase = state.phase
         self.phase = as_phase(phase)
         state = param.state
         state.phase = self.phase

@@ -1,7 +1,10 @@
 """Upgrading old Caffe definitions on the fly, as Caffe's upgrade_proto does.
 
-Reading a config calls :func:`upgrade_message`; it rewrites deprecated forms
-into the current ones and prints a notice naming the file.  The upgraders run
+Reading a config file (:func:`numcaffe.net.config.read_message`) calls
+:func:`upgrade_message`, once per file; it rewrites deprecated forms into the
+current ones and prints a notice naming the file.  A message built in memory
+and handed to ``Net`` or a solver is taken as it is, as in Caffe; call
+:func:`upgrade_message` on it first if it may hold old forms.  The upgraders run
 in the order Caffe runs them:
 
 NetParameter
@@ -41,7 +44,7 @@ _told = set()
 
 
 def notice(path, what):
-    """Say once per process what was upgraded in a file (a solver reads its net twice: train and test)."""
+    """Say once per process what was upgraded in a file (a script may read one file several times)."""
     if NOTICES and (path, what) not in _told:
         _told.add((path, what))
         print(f"numcaffe: {path}: {what}", file=sys.stderr)

@@ -26,7 +26,6 @@ the identical run.  Tests that are interrupted by a signal are rolled back,
 and snapshots taken while testing record the state from before the test, so
 that a resumed run repeats exactly the test the interrupted one began.
 """
-import copy
 import math
 import os
 import time
@@ -84,13 +83,10 @@ def read_solver_param(path):
 
 def get_solver(solver, **kwargs):
     """The solver a file or SolverParameter describes, of the class its ``type`` names."""
-    if isinstance(solver, caffe_pb2.SolverParameter):
-        type_name = solver.type
-    else:
-        param = read_solver_param(solver)
+    if not isinstance(solver, caffe_pb2.SolverParameter):
         kwargs.setdefault("source", os.fspath(solver))
-        solver, type_name = param, param.type
-    return solver_class(type_name or "SGD")(solver, **kwargs)
+        solver = read_solver_param(solver)
+    return solver_class(solver.type)(solver, **kwargs)
 
 
 def _blob_loss_weights(net):
@@ -124,10 +120,8 @@ class Solver:
 
     def __init__(self, solver, base_dir=None, source=None):
         if isinstance(solver, caffe_pb2.SolverParameter):
-            param = caffe_pb2.SolverParameter()
+            param = caffe_pb2.SolverParameter()   # the solver's own copy, as Caffe's param_
             param.CopyFrom(solver)
-            from numcaffe.net.upgrade import upgrade_message
-            upgrade_message(param, source or "<solver>")
         else:
             source = os.fspath(solver)
             param = read_solver_param(source)
@@ -144,8 +138,10 @@ class Solver:
         if param.random_seed >= 0:
             # as Caffe: without a seed in the file, a seed set before (caffe.set_random_seed) still holds
             nc_random.set_random_seed(param.random_seed)
+        self._net_files = {}              # net file -> its NetParameter, while the nets are made
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
+        del self._net_files
         for net in self.test_nets:
             # Caffe shares at every test; sharing now as well lets solver.test_nets[i] be used at any time.
             net.share_trained_layers_with(self.net)
@@ -227,18 +223,20 @@ class Solver:
                               f"{e.strerror or e}; make sure {directory} is a writable directory") from None
 
     def _read_net_param(self, path):
+        """A net file the solver names, read (and upgraded) once however many of its nets it makes."""
         full = self._path(path)
-        return read_message(full, caffe_pb2.NetParameter), os.path.dirname(os.path.abspath(full)), full
+        if full not in self._net_files:
+            self._net_files[full] = read_message(full, caffe_pb2.NetParameter)
+        return self._net_files[full], os.path.dirname(os.path.abspath(full)), full
 
     def _make_net(self, net_param, phase, solver_state_msg, base_dir, source):
+        """As Caffe: the net runs in ``phase``, overridden by its own state, then by the solver's."""
         from numcaffe.net.net import Net
         state = caffe_pb2.NetState(phase=phase)
         state.MergeFrom(net_param.state)
         if solver_state_msg is not None:
             state.MergeFrom(solver_state_msg)
-        net_param = copy.deepcopy(net_param)
-        net_param.state.CopyFrom(state)
-        net = Net(net_param, phase=state.phase, base_dir=base_dir)
+        net = Net(net_param, state=state, base_dir=base_dir)
         net.source = source
         return net
 

@@ -179,6 +179,15 @@ def test_phase_stage_and_level_rules():
     assert {"test_only", "staged", "leveled"} <= test and not {"train_only", "not_staged"} & test
 
 
+def test_a_given_state_replaces_the_nets_and_the_message_is_not_changed():
+    param = text_format.Parse(RULES, caffe_pb2.NetParameter())
+    before = param.SerializeToString()
+    net = Net(param, TRAIN, state=caffe_pb2.NetState(phase=caffe_pb2.TEST, stage=["deploy"], level=3))
+    assert net.phase == TEST and net.param.state.level == 3
+    assert _layer_names(net) == _layer_names(make_net(RULES, TEST, stages=("deploy",), level=3))
+    assert param.SerializeToString() == before
+
+
 def test_outputs_are_unconsumed_blobs_sorted_and_inputs_are_input_tops():
     net = make_net(RULES, TRAIN)
     assert net.inputs == ["x", "t"]

@@ -124,6 +124,27 @@ def test_several_test_nets_with_test_state_and_net_forms(workdir):
     assert inline.iter == 2 and len(inline.test_scores[0]) == 2
 
 
+def test_each_config_file_is_read_and_upgraded_once(workdir, monkeypatch, capsys):
+    from numcaffe.net import upgrade
+    upgraded = []
+    real = upgrade.upgrade_message
+
+    def counting(msg, path="<config>"):
+        upgraded.append((msg.DESCRIPTOR.name, os.path.basename(path)))
+        return real(msg, path)
+
+    monkeypatch.setattr(upgrade, "upgrade_message", counting)
+    monkeypatch.setattr(upgrade, "NOTICES", True)
+    monkeypatch.setattr(upgrade, "_told", set())
+    # an old solver file whose net file makes the train net and two test nets
+    path = write_solver(workdir, BASE.replace('type: "SGD"', "solver_type: NESTEROV").replace(
+        "test_iter: 2", "test_iter: 2 test_iter: 1"))
+    solver = get_solver(str(path))
+    assert type(solver).__name__ == "NesterovSolver" and len(solver.test_nets) == 2
+    assert upgraded == [("SolverParameter", path.name), ("NetParameter", "net.prototxt")]
+    assert capsys.readouterr().err.count("upgraded deprecated solver_type") == 1
+
+
 def test_deprecated_solver_type_enum_and_class_constructors(workdir):
     text = BASE.replace('type: "SGD"', "solver_type: ADAM")
     path = write_solver(workdir, text)
