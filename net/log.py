@@ -66,6 +66,13 @@ def get_logger(name="numcaffe"):
     return logger
 
 
+def fmt(x):
+    """A number as C++'s ``ostream << float`` prints it (``%g``, six significant digits), as Caffe's logs show them."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
+    return f"{float(x):g}"
+
+
 def add_log_file(path):
     """Also write the log to ``path`` (as glog's --log_dir would)."""
     handler = logging.FileHandler(path)

@@ -541,10 +541,6 @@ class Net:
             p.flat_diff[...] = 0.0
 
     # -- pycaffe's API --------------------------------------------------------------------
-    @property
-    def layer_dict(self):
-        return OrderedDict(zip(self._layer_names, self.layers))
-
     def layer_index(self, name):
         try:
             return self._layer_index[name]

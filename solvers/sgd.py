@@ -20,7 +20,8 @@ import numpy as np
 from numba import njit
 
 from numcaffe.solvers import lr_policy
-from numcaffe.solvers.solver import Solver, fmt, log, register_solver
+from numcaffe.net.log import fmt
+from numcaffe.solvers.solver import Solver, log, register_solver
 
 # ---------------------------------------------------------------- kernels
 

@@ -40,16 +40,10 @@ from numcaffe.net.io import resolve_path
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.solvers import lr_policy, signals
 from numcaffe.solvers import state as solver_state
-from numcaffe.net.log import get_logger
+from numcaffe.net.log import fmt, get_logger
 
 log = get_logger("numcaffe.solver")
 
-
-def fmt(x):
-    """A number as C++'s ``ostream << float`` prints it (``%g``, six significant digits)."""
-    if isinstance(x, int) and not isinstance(x, bool):
-        return str(x)
-    return f"{float(x):g}"
 
 #: solver type name -> Solver class, filled by :func:`register_solver`.
 SOLVER_REGISTRY = {}
@@ -87,14 +81,6 @@ def get_solver(solver, **kwargs):
         kwargs.setdefault("source", os.fspath(solver))
         solver = read_solver_param(solver)
     return solver_class(solver.type)(solver, **kwargs)
-
-
-def _blob_loss_weights(net):
-    weights = {}
-    for layer, names in zip(net.layers, net.top_names.values()):
-        for j, name in enumerate(names):
-            weights[name] = layer.loss(j)
-    return weights
 
 
 def _output_lines(net, names_values, loss_weights, label):
@@ -163,8 +149,8 @@ class Solver:
         self._last_snapshot = None        # (iter, model file) of the last snapshot written
         self.best_snapshot = None
         self._init_monitors()
-        self._train_loss_weights = _blob_loss_weights(self.net)
-        self._test_loss_weights = [_blob_loss_weights(n) for n in self.test_nets]
+        self._train_loss_weights = self.net.blob_loss_weights
+        self._test_loss_weights = [n.blob_loss_weights for n in self.test_nets]
         self.pre_solve()
 
     # -- configuration --------------------------------------------------------------

@@ -22,7 +22,7 @@ def add_arguments(p):
 
 def score(net, iterations, log):
     """Caffe's test loop; returns ({output: mean}, mean loss)."""
-    from numcaffe.solvers.solver import _blob_loss_weights, fmt
+    from numcaffe.net.log import fmt
 
     names, sums = [], []
     loss = 0.0
@@ -41,7 +41,7 @@ def score(net, iterations, log):
                 log.info("Batch %d, %s = %s", i, name, fmt(value))
     loss /= iterations
     log.info("Loss: %s", fmt(loss))
-    weights = _blob_loss_weights(net)
+    weights = net.blob_loss_weights
     means = {}
     for name, total in zip(names, sums):
         mean = total / iterations
