@@ -7,7 +7,6 @@ as Caffe does.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -17,11 +16,6 @@ from google.protobuf import descriptor, text_format
 from numcaffe.net.proto import caffe_pb2, regenerate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "caffe"
-
-HAVE_GRPC_TOOLS = importlib.util.find_spec("grpc_tools") is not None
-needs_protoc = pytest.mark.skipif(
-    not HAVE_GRPC_TOOLS, reason="grpc_tools (grpcio-tools) is not installed"
-)
 
 
 def _fixture(name: str) -> Path:
@@ -49,7 +43,6 @@ def _field(message_type, name: str) -> descriptor.FieldDescriptor:
 # ---------------------------------------------------------------------------
 
 
-@needs_protoc
 def test_committed_pb2_matches_fresh_generation(tmp_path):
     fresh = regenerate.generate(tmp_path)
     committed = regenerate.PB2_FILE.read_bytes()
@@ -59,7 +52,6 @@ def test_committed_pb2_matches_fresh_generation(tmp_path):
     )
 
 
-@needs_protoc
 def test_regenerate_check_exit_codes(tmp_path, monkeypatch, capsys):
     assert regenerate.main(["--check"]) == 0
 

@@ -3,14 +3,13 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
 from numcaffe.net.config import read_message
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.solvers import get_solver
-
-h5py = pytest.importorskip("h5py")
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EXAMPLES = ["xor", "logreg"]

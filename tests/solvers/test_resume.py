@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -20,8 +21,6 @@ from numcaffe.net.proto import caffe_pb2
 from numcaffe.solvers import get_solver, read_solver_param
 from tests.solvers.nets import (CLASSIFIER_NET, DROPOUT, SOLVER_TYPES, TYPE_SETTINGS, write_classifier_data,
                                 write_solver)
-
-h5py = pytest.importorskip("h5py")
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "caffe"
 REPO = Path(__file__).resolve().parents[2]

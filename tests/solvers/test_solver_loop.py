@@ -12,8 +12,6 @@ from numcaffe.solvers import AdamSolver, SGDSolver, get_solver
 from tests.solvers.nets import (CLASSIFIER_NET, DROPOUT, least_squares_solver, solver_param, write_classifier_data,
                                 write_solver)
 
-pytest.importorskip("h5py")
-
 BASE = ('net: "net.prototxt" type: "SGD" momentum: 0.9 base_lr: 0.05 lr_policy: "fixed" test_iter: 2 '
         'test_interval: 4 display: 2 max_iter: 8 snapshot_prefix: "snap/run" random_seed: 3 ')
 
@@ -336,7 +334,6 @@ def test_debug_info_lines_on_display_iterations(workdir, numcaffe_log):
 
 
 def test_progress_bar_when_asked(workdir, capsys):
-    pytest.importorskip("tqdm")
     solver = make(workdir, "test_interval: 100 max_iter: 6 snapshot_after_train: false")
     solver.solve(progress=True)
     err = capsys.readouterr().err

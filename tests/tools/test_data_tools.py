@@ -89,8 +89,6 @@ def test_corrupt_gzip_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize("backend", ["lmdb", "leveldb"])
 def test_convert_idx_writes_convert_mnist_data_records(tmp_path, capsys, backend):
-    if backend == "leveldb":
-        pytest.importorskip("plyvel")
     imgs = write(tmp_path / "imgs.gz", idx_bytes(IMAGES), gz=True)
     lbls = write(tmp_path / "lbls", idx_bytes(LABELS))
     db = str(tmp_path / "db")

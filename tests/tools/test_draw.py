@@ -5,12 +5,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("graphviz")
-
-from numcaffe.net.config import parse_text  # noqa: E402
-from numcaffe.net.proto import caffe_pb2  # noqa: E402
-from numcaffe.net.draw import build_graph, layer_label  # noqa: E402
-from tests.tools.test_errors import assert_clean_error, cli  # noqa: E402
+from numcaffe.net.config import parse_text
+from numcaffe.net.proto import caffe_pb2
+from numcaffe.net.draw import build_graph, layer_label
+from tests.tools.test_errors import assert_clean_error, cli
 
 LENET = Path(__file__).resolve().parents[2] / "configs" / "lenet" / "lenet_train_test.prototxt"
 HAVE_DOT = shutil.which("dot") is not None

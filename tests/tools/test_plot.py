@@ -3,13 +3,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("matplotlib")
-
-from numcaffe.tools.cli import main  # noqa: E402
-from numcaffe.tools.parse_log import parse_log  # noqa: E402
-from numcaffe.tools.plot import plot_tables  # noqa: E402
-from tests.tools.test_errors import assert_clean_error, cli  # noqa: E402
-from tests.tools.test_parse_log import NUMCAFFE_LOG  # noqa: E402
+from numcaffe.tools.cli import main
+from numcaffe.tools.parse_log import parse_log
+from numcaffe.tools.plot import plot_tables
+from tests.tools.test_errors import assert_clean_error, cli
+from tests.tools.test_parse_log import NUMCAFFE_LOG
 
 LOG = Path(__file__).resolve().parents[1] / "fixtures" / "caffe" / "lenet_train.log"
 

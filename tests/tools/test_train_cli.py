@@ -13,8 +13,6 @@ import pytest
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.tools.cli import main
 
-pytest.importorskip("h5py")
-
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 GLOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] ")

@@ -12,7 +12,6 @@ XOR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "xor")
 @pytest.fixture
 def xor_dir(tmp_path, monkeypatch):
     """The XOR example copied into the working directory (needs matplotlib for --plot)."""
-    pytest.importorskip("matplotlib")
     for name in os.listdir(XOR):
         if os.path.isfile(os.path.join(XOR, name)):
             shutil.copy(os.path.join(XOR, name), tmp_path)

@@ -7,7 +7,6 @@ import pytest
 from numcaffe.net.data import db
 from numcaffe.net.data.db import LMDB, array_datum, open_reader, open_writer, parse_datum, datum_array
 
-pytest.importorskip("lmdb")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
 
 RECORDS = 12000         # of 784 bytes each (MNIST's size): 9.4 MB of values in leaf pages

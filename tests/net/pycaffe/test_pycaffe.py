@@ -368,7 +368,6 @@ def test_datum_round_trip():
 
 
 def test_draw_writes_and_returns_the_graph(tmp_path):
-    pytest.importorskip("graphviz")
     from numcaffe.net.config import read_message
     net = read_message(os.path.join(FIX, "lenet_deploy.prototxt"), caffe.proto.caffe_pb2.NetParameter)
     source = caffe.draw.draw_net(net, "TB", ext="dot").decode()
