@@ -56,12 +56,19 @@ def least_squares_solver(solver_type, settings="", batch=4, dim=3, n=8, lr_w=1.0
     return solver, x, y
 
 
-CLASSIFIER_NET = """
-name: "classifier"
+HDF5_DATA = """
 layer { name: "data" type: "HDF5Data" top: "data" top: "label" include { phase: TRAIN }
   hdf5_data_param { source: "train.txt" batch_size: 5 shuffle: true } }
 layer { name: "data" type: "HDF5Data" top: "data" top: "label" include { phase: TEST }
-  hdf5_data_param { source: "test.txt" batch_size: 6 } }
+  hdf5_data_param { source: "test.txt" batch_size: 6 } }"""
+
+MEMORY_DATA = """
+layer { name: "data" type: "MemoryData" top: "data" top: "label" include { phase: TRAIN }
+  memory_data_param { batch_size: 5 channels: 4 height: 1 width: 1 } }
+layer { name: "data" type: "MemoryData" top: "data" top: "label" include { phase: TEST }
+  memory_data_param { batch_size: 6 channels: 4 height: 1 width: 1 } }"""
+
+CLASSIFIER_LAYERS = """
 layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
   param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
   inner_product_param { num_output: 6 weight_filler { type: "xavier" } bias_filler { type: "gaussian" std: 0.1 } } }
@@ -71,6 +78,12 @@ layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
 layer { name: "acc" type: "Accuracy" bottom: "ip2" bottom: "label" top: "acc" include { phase: TEST } }
 """
+
+#: a 3-class classifier of 4 features, reading the HDF5 files :func:`write_classifier_data` writes;
+#: ``%(middle)s`` is put between its two InnerProduct layers
+CLASSIFIER_NET = 'name: "classifier"' + HDF5_DATA + CLASSIFIER_LAYERS
+#: the same net on MemoryData (no optional package), fed by :func:`feed_classifier_data`
+MEMORY_CLASSIFIER_NET = 'name: "classifier"' + MEMORY_DATA + CLASSIFIER_LAYERS
 
 DROPOUT = 'layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" dropout_param { dropout_ratio: 0.3 } }'
 
@@ -88,6 +101,22 @@ def write_classifier_data(directory, seed=5):
                 f["label"] = rs.randint(0, 3, rows).astype(np.float32)
             files.append(path.name)
         (directory / f"{name}.txt").write_text("\n".join(files) + "\n")
+
+
+def classifier_arrays(seed=5):
+    """{phase: (data (N, 4, 1, 1), labels (N))} for MEMORY_CLASSIFIER_NET: 25 train rows, 12 test rows."""
+    rs = np.random.RandomState(seed)
+    return {phase: (rs.standard_normal((rows, 4, 1, 1)).astype(np.float32),
+                    rs.randint(0, 3, rows).astype(np.float32))
+            for phase, rows in (("train", 25), ("test", 12))}
+
+
+def feed_classifier_data(solver, arrays):
+    """Give a solver on MEMORY_CLASSIFIER_NET its batches (before ``restore``, which moves them on)."""
+    solver.net.layers[0].reset(*arrays["train"])
+    for net in solver.test_nets:
+        net.layers[0].reset(*arrays["test"])
+    return solver
 
 
 def write_solver(directory, text, name="solver.prototxt"):

@@ -3,7 +3,8 @@
 For every solver type: N iterations straight, and N/2 iterations, a
 snapshot, a *new* solver restored from it, N/2 more, must give identical
 weights (np.array_equal), with shuffled HDF5 data, a Dropout layer and a
-test net in the loop.  Also: the HDF5 snapshot format, the atomicity of
+test net in the loop; and again with MemoryData batches, which need no
+optional package.  Also: the HDF5 snapshot format, the atomicity of
 snapshot files under a kill, and a real Caffe solverstate.
 """
 import os
@@ -12,15 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 from numcaffe.net.errors import ModelFileError
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.solvers import get_solver, read_solver_param
-from tests.solvers.nets import (CLASSIFIER_NET, DROPOUT, SOLVER_TYPES, TYPE_SETTINGS, write_classifier_data,
-                                write_solver)
+from tests.solvers.nets import (CLASSIFIER_NET, DROPOUT, MEMORY_CLASSIFIER_NET, SOLVER_TYPES, TYPE_SETTINGS,
+                                classifier_arrays, feed_classifier_data, write_classifier_data, write_solver)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "caffe"
 REPO = Path(__file__).resolve().parents[2]
@@ -55,23 +55,34 @@ def assert_same_run(a, b):
     assert [n.get_state() for n in a.test_nets] == [n.get_state() for n in b.test_nets]
 
 
-@pytest.mark.parametrize("solver_type", SOLVER_TYPES)
-def test_resume_is_bitwise_identical(workdir, solver_type):
-    n, k = 14, 7
-    straight = make_solver(workdir, solver_type)
+def check_bitwise_resume(make, n=14, k=7):
+    """``make()`` gives a new solver; n iterations straight == k, snapshot, a new solver restored, n - k."""
+    straight = make()
     straight.step(n)
-    first = make_solver(workdir, solver_type)
+    first = make()
     first.step(k)
     state_file = first.snapshot()
     assert state_file.endswith(f"run_iter_{k}.solverstate")
-    resumed = make_solver(workdir, solver_type)
+    resumed = make()
     assert not np.array_equal(weights(resumed)[0], weights(first)[0])
     resumed.restore(state_file)
     assert resumed.iter == k
     resumed.step(n - k)
     assert_same_run(straight, resumed)
     # and the run really moved: dropout, data and updates all did something
-    assert not np.array_equal(weights(straight)[0], weights(make_solver(workdir, solver_type))[0])
+    assert not np.array_equal(weights(straight)[0], weights(make())[0])
+
+
+@pytest.mark.parametrize("solver_type", SOLVER_TYPES)
+def test_resume_is_bitwise_identical(workdir, solver_type):
+    check_bitwise_resume(lambda: make_solver(workdir, solver_type))
+
+
+@pytest.mark.parametrize("solver_type", SOLVER_TYPES)
+def test_resume_is_bitwise_identical_on_array_data(tmp_path, solver_type):
+    (tmp_path / "net.prototxt").write_text(MEMORY_CLASSIFIER_NET % dict(middle=DROPOUT))
+    arrays = classifier_arrays()
+    check_bitwise_resume(lambda: feed_classifier_data(make_solver(tmp_path, solver_type), arrays))
 
 
 def test_resume_through_hdf5_snapshots_with_plateau_and_early_stop_state(workdir):
@@ -85,6 +96,7 @@ def test_resume_through_hdf5_snapshots_with_plateau_and_early_stop_state(workdir
     state_file = first.snapshot()
     assert state_file.endswith("run_iter_9.solverstate.h5")
     assert os.path.exists(str(workdir / "snap" / "run_iter_9.caffemodel.h5"))
+    import h5py
     with h5py.File(state_file, "r") as f:
         assert {"iter", "learned_net", "current_step", "history", "numcaffe_state"} <= set(f)
         assert len(f["history"]) == 8
