@@ -20,7 +20,7 @@ import os
 import re
 
 from numcaffe.net.errors import ConfigError
-from numcaffe.net.pycaffe.net_spec import param_fields, snake_case  # noqa: F401  (the derivation lives there)
+from numcaffe.layers.fields import param_fields, snake_case  # noqa: F401  (the derivation lives there)
 
 COMMAND = "layers"
 HELP = "list the registered layer types with their parameters (--markdown for the docs)"
