@@ -1,7 +1,8 @@
 """The import order of the house: nothing imports upward.
 
 From the bottom: net's core and helpers (blob, config, errors, ...), net/data,
-layers, net.py, solvers; at the top tools and net/pycaffe (pycaffe's ``caffe``).
+layers, net.py, solvers; at the top tools and net/pycaffe (pycaffe's ``caffe``),
+which do not import each other (docs/layout.md).
 Read from the code's own import statements, including those inside functions.
 """
 import ast
@@ -18,6 +19,8 @@ FORBIDDEN = {
                  "numcaffe.net.net"),
     "net": ("numcaffe.solvers", "numcaffe.tools", "numcaffe.net.pycaffe"),   # net/pycaffe itself excepted
     "solvers": ("numcaffe.tools", "numcaffe.net.pycaffe"),
+    "tools": ("numcaffe.net.pycaffe",),                                      # the two tops stay apart
+    "net/pycaffe": ("numcaffe.tools",),
 }
 
 
