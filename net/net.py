@@ -34,6 +34,7 @@ from numcaffe.net.blob import Blob, proto_array, proto_shape
 from numcaffe.net.config import parse_binary, read_bytes, read_message
 from numcaffe.net.errors import ConfigError, ModelFileError, NumcaffeError
 from numcaffe.net.proto import caffe_pb2
+from numcaffe.net.upgrade import check_current
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -187,7 +188,8 @@ class Net:
     ``Net(model_file, phase, weights=None, stages=(), level=0)`` as in pycaffe, which also takes
     its older form ``Net(model_file, weights_file, phase)``.  A file is upgraded from old Caffe
     formats as it is read (:func:`~numcaffe.net.config.read_message`); a NetParameter is taken as
-    it is (as Caffe's ``Net(NetParameter)``), copied, never changed.  ``state`` (a NetState, as the
+    it is (as Caffe's ``Net(NetParameter)``: one that sets deprecated fields is an error), copied,
+    never changed.  ``state`` (a NetState, as the
     solver merges it from the net's and its own ``train_state``/``test_state``) replaces the
     net's state, and then ``phase``, ``stages`` and ``level`` are not used.
     """
@@ -198,6 +200,7 @@ class Net:
         if phase_is_a_path and weights_is_a_phase:
             phase, weights = weights, phase   # pycaffe's Net(model_file, weights_file, phase)
         if isinstance(model, caffe_pb2.NetParameter):
+            check_current(model, "Net")
             param = caffe_pb2.NetParameter()
             param.CopyFrom(model)
             self.source = "<net>"

@@ -395,6 +395,24 @@ def upgrade_solver_nets(solver, path):
     return changed
 
 
+#: Fields that only deprecated Caffe forms set (the upgraders above clear them).
+DEPRECATED_FIELDS = {"NetParameter": ("layers", "input", "input_dim", "input_shape"),
+                     "SolverParameter": ("solver_type",)}
+
+
+def check_current(msg, what):
+    """A ConfigError if ``msg``, built in memory, still sets deprecated fields (looks, upgrades nothing).
+
+    Net and the solvers take messages as they are (files are upgraded as they are read), so an old
+    form would otherwise be silently ignored.
+    """
+    old = [f.name for f, _ in msg.ListFields() if f.name in DEPRECATED_FIELDS.get(msg.DESCRIPTOR.name, ())]
+    if old:
+        raise ConfigError(f"{what}: the {msg.DESCRIPTOR.name} sets deprecated Caffe fields ({', '.join(old)}); "
+                          f"upgrade it first with numcaffe.net.upgrade.upgrade_message(msg), as reading a "
+                          f"file does")
+
+
 def needs_upgrade(msg):
     """Whether ``msg`` holds deprecated forms (checked on a copy)."""
     global NOTICES

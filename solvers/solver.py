@@ -38,6 +38,7 @@ from numcaffe.net.config import read_message
 from numcaffe.net.errors import ConfigError, ModelFileError, NumericalError
 from numcaffe.net.io import resolve_path
 from numcaffe.net.proto import caffe_pb2
+from numcaffe.net.upgrade import check_current
 from numcaffe.solvers import lr_policy, signals
 from numcaffe.solvers import state as solver_state
 from numcaffe.net.log import fmt, get_logger
@@ -106,6 +107,7 @@ class Solver:
 
     def __init__(self, solver, base_dir=None, source=None):
         if isinstance(solver, caffe_pb2.SolverParameter):
+            check_current(solver, source or "Solver")
             param = caffe_pb2.SolverParameter()   # the solver's own copy, as Caffe's param_
             param.CopyFrom(solver)
         else:

@@ -172,3 +172,23 @@ def test_an_upgrade_notice_is_printed_once_per_file(tmp_path, capsys):
     finally:
         upgrade.NOTICES = saved
     assert capsys.readouterr().err.count("upgraded deprecated solver_type") == 1
+
+
+def test_messages_built_in_memory_are_taken_as_they_are_and_old_forms_refused():
+    from numcaffe.net import Net
+    from numcaffe.solvers import get_solver
+    old = _net('input: "data" input_dim: 1 input_dim: 1 input_dim: 2 input_dim: 2\n'
+               'layer { name: "relu" type: "ReLU" bottom: "data" top: "r" }')
+    with pytest.raises(ConfigError, match=r"^Net: the NetParameter sets deprecated Caffe fields \(input, input_dim\); "
+                                          r"upgrade it first with numcaffe\.net\.upgrade\.upgrade_message"):
+        Net(old)
+    with pytest.raises(ConfigError, match=r"deprecated Caffe fields \(layers\)"):
+        Net(_net(V1_LENET))
+    upgrade.upgrade_message(old)
+    assert [layer.type for layer in Net(old).layers] == ["Input", "ReLU"]
+    solver = caffe_pb2.SolverParameter(solver_type=caffe_pb2.SolverParameter.ADAM, base_lr=0.1, lr_policy="fixed")
+    solver.net_param.CopyFrom(old)
+    with pytest.raises(ConfigError, match=r"^Solver: the SolverParameter sets deprecated Caffe fields \(solver_type\)"):
+        get_solver(solver)
+    upgrade.upgrade_message(solver)
+    assert type(get_solver(solver)).__name__ == "AdamSolver"
