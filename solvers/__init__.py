@@ -8,7 +8,9 @@
 Modules: solver.py (the loop, tests, snapshots, restore), sgd.py (SGD,
 Nesterov and the shared update steps), adaptive.py (AdaGrad, RMSProp,
 AdaDelta, Adam), lr_policy.py (learning-rate schedules), state.py (solver
-state files), signals.py (Ctrl-C and SIGHUP), progress.py (the progress bar).
+state files), signals.py (Ctrl-C and SIGHUP), progress.py (the progress bar),
+listener.py (what the solver tells listeners: the numbers its log shows),
+tensorboard.py (the listener that writes TensorBoard event files).
 The log goes through numcaffe.net.log in glog's line format.
 """
 from numcaffe.solvers.solver import (SOLVER_REGISTRY, Solver, get_solver, read_solver_param,

@@ -21,6 +21,7 @@ from numba import njit
 
 from numcaffe.solvers import lr_policy
 from numcaffe.net.log import fmt
+from numcaffe.solvers.listener import notify
 from numcaffe.solvers.solver import Solver, log, register_solver
 
 # ---------------------------------------------------------------- kernels
@@ -154,6 +155,7 @@ class SGDSolver(Solver):
         p = self.param
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %s", self.iter, fmt(rate))
+            notify(self.listeners, "on_learning_rate", self, rate)
         self.clip_gradients()
         for i in range(len(self.net.learnable_params)):
             self.normalize(i)

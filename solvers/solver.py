@@ -40,6 +40,7 @@ from numcaffe.net.io import resolve_path
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.net.upgrade import check_current
 from numcaffe.solvers import lr_policy, signals
+from numcaffe.solvers.listener import notify
 from numcaffe.solvers import state as solver_state
 from numcaffe.net.log import fmt, get_logger
 
@@ -146,6 +147,7 @@ class Solver:
         self.requested_early_exit = False
         self.test_scores = [[] for _ in self.test_nets]
         self.action_function = None
+        self.listeners = []               # told what the log shows (solvers/listener.py)
         self.progress = None
         self._pre_test_state = None
         self._last_snapshot = None        # (iter, model file) of the last snapshot written
@@ -337,6 +339,16 @@ class Solver:
         """``fn()`` returns 'none', 'stop', 'snapshot' or 'snapshot_stop' (see solvers/signals.py)."""
         self.action_function = fn
 
+    def add_listener(self, listener):
+        """Tell ``listener`` the numbers the log shows, as it shows them (solvers/listener.py)."""
+        self.listeners.append(listener)
+        return listener
+
+    def add_tensorboard(self, logdir, histograms=0):
+        """Write TensorBoard event files into ``logdir`` (solvers/tensorboard.py); returns the writer."""
+        from numcaffe.solvers.tensorboard import TensorBoardWriter
+        return self.add_listener(TensorBoardWriter(logdir, histograms=histograms))
+
     def _update_smoothed_loss(self, loss, start_iter, average_loss):
         if len(self.losses) < average_loss:
             self.losses.append(loss)
@@ -385,8 +397,11 @@ class Solver:
                          p.display, fmt(self.smoothed_loss))
                 timer = time.perf_counter()
                 iterations_last = self.iter
-                for line in _output_lines(self.net, self._outputs(self.net), self._train_loss_weights, "Train net"):
+                outputs = self._outputs(self.net)
+                for line in _output_lines(self.net, outputs, self._train_loss_weights, "Train net"):
                     log.info("%s", line)
+                notify(self.listeners, "on_display", self, self.smoothed_loss, outputs, per_s)
+            notify(self.listeners, "on_gradients_ready", self)
             self.apply_update()
             self.iter += 1
             if self.progress is not None:
@@ -463,6 +478,7 @@ class Solver:
             loss = self.net.Forward()
             self._update_smoothed_loss(loss, self._loss_start_iter, p.average_loss)
             log.info("Iteration %d, loss = %s", self.iter, fmt(self.smoothed_loss))
+            notify(self.listeners, "on_display", self, self.smoothed_loss, [], None)
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
@@ -522,6 +538,7 @@ class Solver:
         self.test_scores[test_net_id] = means
         for line in _output_lines(net, means, self._test_loss_weights[test_net_id], "Test net"):
             log.info("%s", line)
+        notify(self.listeners, "on_test", self, test_net_id, means)
         return dict(means)
 
     def _score(self, net_id, name):

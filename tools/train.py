@@ -2,6 +2,7 @@
 
     numcaffe train --solver S [--snapshot X.solverstate | --weights A.caffemodel[,B.caffemodel]]
                    [--sigint_effect snapshot_stop] [--sighup_effect snapshot] [--level N] [--stage a,b]
+                   [--tensorboard DIR [--tensorboard-histograms N]] [--plot curves.png]
 
 Flags are Caffe's (``-solver x`` and ``--solver=x`` work too).  ``--snapshot``
 resumes from a solver state; ``--weights`` initialises the train and test nets
@@ -10,7 +11,9 @@ layer and both shapes).  Ctrl-C writes a snapshot and stops by default (Caffe's
 default is to stop, and then ``snapshot_after_train`` snapshots); SIGHUP
 snapshots and goes on.  The effects are ``stop``, ``snapshot``,
 ``snapshot_stop`` and ``none``.  numcaffe runs on the CPU: ``--gpu`` is
-accepted and ignored with a warning.
+accepted and ignored with a warning.  ``--tensorboard DIR`` also writes
+TensorBoard event files (solvers/tensorboard.py); a run resumed into the same
+directory continues the same curves.
 """
 import logging
 import os
@@ -39,6 +42,11 @@ def add_arguments(p):
     p.add_argument("--plot", default="",
                    help="also draw the training curves into this .png/.svg after every test and at the end, "
                         "so a long run can be watched (needs matplotlib)")
+    p.add_argument("--tensorboard", default="", metavar="DIR",
+                   help="write TensorBoard event files into DIR: the log's numbers, the learning rate, "
+                        "iter/s and the net's graph (needs tensorboardX); resuming into DIR continues the curves")
+    p.add_argument("--tensorboard-histograms", "--tensorboard_histograms", type=int, default=0, metavar="N",
+                   help="with --tensorboard: parameter and gradient histograms every N iterations (default 0: none)")
 
 
 class LivePlot(logging.Handler):
@@ -80,6 +88,12 @@ def run(args):
         raise ConfigError("give a snapshot to resume training or weights to finetune but not both")
     sigint = parse_action(args.sigint_effect, "--sigint_effect")
     sighup = parse_action(args.sighup_effect, "--sighup_effect")
+    tensorboard = None
+    if args.tensorboard:
+        from numcaffe.solvers.tensorboard import TensorBoardWriter
+        tensorboard = TensorBoardWriter(args.tensorboard, histograms=args.tensorboard_histograms)
+    elif args.tensorboard_histograms:
+        raise ConfigError("--tensorboard-histograms needs --tensorboard DIR")
     param = read_solver_param(args.solver)
     param.train_state.level = args.level
     param.train_state.stage.extend(s for s in args.stage.split(",") if s)
@@ -106,8 +120,16 @@ def run(args):
         if args.snapshot:
             log.info("Resuming from %s", args.snapshot)
             solver.restore(args.snapshot)
+        if tensorboard is not None:
+            solver.add_listener(tensorboard)
+            log.info("TensorBoard event files in %s (view: tensorboard --logdir %s)", args.tensorboard,
+                     args.tensorboard)
         log.info("Starting Optimization")
-        solver.solve(progress=progress)
+        try:
+            solver.solve(progress=progress)
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
     log.info("Optimization Done.")
     if args.plot:
         get_logger().removeHandler(plot)
