@@ -248,3 +248,27 @@ def test_missing_tensorboardx_and_bad_flags_are_one_line(tmp_path, capsys, monke
         err = capsys.readouterr().err.splitlines()
         assert status == 1 and err == [f"numcaffe: error: {message}"]
     assert not (tmp_path / "tb").exists()
+
+
+def test_bucket_counts_kernel_gives_tensorboardxs_histogram():
+    from tensorboardX.summary import make_histogram
+    from numcaffe.solvers.tensorboard import histogram
+    edges = np.array(_default_bins())
+    rng = np.random.default_rng(3)
+    cases = [rng.standard_normal(5000).astype(np.float32) * scale for scale in (1e-9, 1e-3, 1.0, 1e4)]
+    cases.append(np.concatenate([edges[::37], np.nextafter(edges[::41], 0), [0.0, 0.0, 1e-13, -1e-13, 5e-300]]))
+    cases.append(np.full(7, -0.25, dtype=np.float32))
+    for values in cases:
+        expected = make_histogram(values.astype(float), edges)
+        got = histogram(values, edges)
+        assert got["bucket_limits"] == list(expected.bucket_limit)
+        assert got["bucket_counts"] == list(expected.bucket)
+        assert (got["min"], got["max"], got["num"]) == (expected.min, expected.max, expected.num)
+        assert math.isclose(got["sum"], expected.sum, rel_tol=1e-12, abs_tol=1e-300)
+        assert math.isclose(got["sum_squares"], expected.sum_squares, rel_tol=1e-12)
+
+
+def _default_bins():
+    """tensorboardX's SummaryWriter.default_bins, taken from a writer that writes nothing."""
+    from tensorboardX import SummaryWriter
+    return SummaryWriter(write_to_disk=False).default_bins
