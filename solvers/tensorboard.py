@@ -210,16 +210,16 @@ class TensorBoardWriter(SolverListener):
         if histograms < 0:
             raise ConfigError(f"the TensorBoard histogram interval must be >= 0 (got {histograms})")
         self.logdir = os.fspath(logdir)
+        try:                    # a directory that cannot be made fails now, not at the first display
+            os.makedirs(self.logdir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the TensorBoard directory {self.logdir}: {e.strerror or e}") from None
         self.histograms = histograms
         self.flush_secs = flush_secs
         self.writer = None
 
     def _open(self, solver):
         if self.writer is None:
-            try:
-                os.makedirs(self.logdir, exist_ok=True)
-            except OSError as e:
-                raise ConfigError(f"cannot create the TensorBoard directory {self.logdir}: {e.strerror or e}") from None
             # Event file names carry the second; the suffix orders two files of one second.
             suffix = f".{time.time_ns() % 10**9:09d}.{os.getpid()}.numcaffe"
             self.writer = self.SummaryWriter(self.logdir, purge_step=solver.iter, flush_secs=self.flush_secs,

@@ -243,7 +243,9 @@ def test_missing_tensorboardx_and_bad_flags_are_one_line(tmp_path, capsys, monke
     monkeypatch.undo()
     for argv, message in ((["--tensorboard-histograms", "10"], "--tensorboard-histograms needs --tensorboard DIR"),
                           (["--tensorboard", str(tmp_path / "tb"), "--tensorboard-histograms", "-1"],
-                           "the TensorBoard histogram interval must be >= 0 (got -1)")):
+                           "the TensorBoard histogram interval must be >= 0 (got -1)"),
+                          (["--tensorboard", str(xor / "net.prototxt")],
+                           f"cannot create the TensorBoard directory {xor / 'net.prototxt'}: File exists")):
         status = main(["train", "--solver", solver, *argv])
         err = capsys.readouterr().err.splitlines()
         assert status == 1 and err == [f"numcaffe: error: {message}"]
