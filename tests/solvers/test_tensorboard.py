@@ -274,3 +274,16 @@ def _default_bins():
     """tensorboardX's SummaryWriter.default_bins, taken from a writer that writes nothing."""
     from tensorboardX import SummaryWriter
     return SummaryWriter(write_to_disk=False).default_bins
+
+
+def test_a_listener_needs_only_the_calls_it_wants():
+    from numcaffe.solvers.listener import notify
+    seen = []
+
+    class OnlyTests:
+        def on_test(self, solver, test_net_id, outputs):
+            seen.append((solver, test_net_id, outputs))
+
+    notify([OnlyTests(), object()], "on_test", "solver", 1, [("accuracy", 0.5)])
+    notify([OnlyTests()], "on_display", "solver", 0.1, [], None)
+    assert seen == [("solver", 1, [("accuracy", 0.5)])]
