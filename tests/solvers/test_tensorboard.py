@@ -287,3 +287,14 @@ def test_a_listener_needs_only_the_calls_it_wants():
     notify([OnlyTests(), object()], "on_test", "solver", 1, [("accuracy", 0.5)])
     notify([OnlyTests()], "on_display", "solver", 0.1, [], None)
     assert seen == [("solver", 1, [("accuracy", 0.5)])]
+
+
+def test_the_writer_does_not_load_torch():
+    """tensorboardX imports torch where it is installed; numcaffe's writer keeps it out (and leaves it importable)."""
+    import subprocess
+    code = ("import sys\n"
+            "from numcaffe.solvers.tensorboard import require_tensorboardx\n"
+            "require_tensorboardx()\n"
+            "assert 'tensorboardX' in sys.modules\n"
+            "assert sys.modules.get('torch', 'absent') == 'absent', sys.modules.get('torch')\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
