@@ -40,7 +40,9 @@ marks it to supersede every step from that iteration on (tensorboardX's
 steps).  A run resumed from ``X_iter_500.solverstate`` into the same directory
 therefore continues the curves at 500, without a second copy of the steps the
 stopped run wrote after its snapshot, and a new run from iteration 0 into a
-used directory replaces what was there.  Keep runs to compare in sibling
+used directory replaces what was there.  (TensorBoard's fast loader ignores
+the mark and drops a tag's later points only when a newer file writes that
+tag: the same curves as long as the resumed run writes the same tags.)  Keep runs to compare in sibling
 directories (``--tensorboard runs/a``, ``runs/b``, ``tensorboard --logdir runs``).
 
 Only the process that logs should write: a listener is added where the log
