@@ -215,6 +215,9 @@ class Net:
             param.state.CopyFrom(state)
             phase = state.phase
         self.phase = as_phase(phase)
+        # pycaffe's net.before_forward(fn) & co.: callables run with the layer index around each layer.
+        self._before_forward, self._after_forward = [], []
+        self._before_backward, self._after_backward = [], []
         state = param.state
         state.phase = self.phase
         if level:
@@ -305,7 +308,9 @@ class Net:
             except NumcaffeError as e:
                 msg = str(e)
                 prefix = f"layer {layer_param.name!r}"
-                raise type(e)(msg if prefix in msg else f"{prefix} ({layer_param.type}): {msg}") from None
+                if prefix in msg:
+                    raise
+                raise type(e)(f"{prefix} ({layer_param.type}): {msg}") from None
             log.info("Setting up %s", layer_param.name)
             for j, top in enumerate(tops):
                 log.info("Top shape: %s", _shape_string(top))
@@ -440,6 +445,33 @@ class Net:
         return OrderedDict((n, list(b)) for n, b in zip(self._layer_names, self._bottom_names))
 
     @property
+    def _blob_names(self):
+        """pycaffe's ``_blob_names``: the blob names in creation order (the keys of ``blobs``)."""
+        return list(self.blobs)
+
+    @property
+    def _blobs(self):
+        """pycaffe's ``_blobs``: the blobs in creation order."""
+        return list(self.blobs.values())
+
+    @property
+    def _blob_loss_weights(self):
+        """pycaffe's ``_blob_loss_weights``: the loss weight of each blob, in ``_blob_names`` order."""
+        return list(self.blob_loss_weights.values())
+
+    @property
+    def _inputs(self):
+        """pycaffe's ``_inputs``: the indices of the input blobs in ``_blob_names``."""
+        names = self._blob_names
+        return [names.index(n) for n in self.inputs]
+
+    @property
+    def _outputs(self):
+        """pycaffe's ``_outputs``: the indices of the output blobs in ``_blob_names``."""
+        names = self._blob_names
+        return [names.index(n) for n in self.outputs]
+
+    @property
     def blob_loss_weights(self):
         """pycaffe's ``blob_loss_weights``: {blob name: the loss weight its producer gives it (0: none)}."""
         weights = OrderedDict((name, 0.0) for name in self.blobs)
@@ -452,9 +484,13 @@ class Net:
     def ForwardFromTo(self, start, end):
         loss = 0.0
         for i in range(start, end + 1):
+            for hook in self._before_forward:
+                hook(i)
             loss += self.layers[i].Forward(self.bottom_vecs[i], self.top_vecs[i])
             if self.debug_info:
                 self._forward_debug_info(i)
+            for hook in self._after_forward:
+                hook(i)
         return loss
 
     def Forward(self):
@@ -463,10 +499,31 @@ class Net:
 
     def BackwardFromTo(self, start, end):
         for i in range(start, end - 1, -1):
+            for hook in self._before_backward:
+                hook(i)
             if self.layer_need_backward[i]:
                 self.layers[i].Backward(self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i])
                 if self.debug_info:
                     self._backward_debug_info(i)
+            for hook in self._after_backward:
+                hook(i)
+
+    # -- pycaffe's hooks: fn(layer index), run by every forward / backward, as Net::add_before_forward & co.
+    def before_forward(self, fn):
+        """Run ``fn(i)`` before layer ``i``'s forward, on every forward pass from now on."""
+        self._before_forward.append(_hook(fn, "before_forward"))
+
+    def after_forward(self, fn):
+        """Run ``fn(i)`` after layer ``i``'s forward."""
+        self._after_forward.append(_hook(fn, "after_forward"))
+
+    def before_backward(self, fn):
+        """Run ``fn(i)`` before layer ``i``'s backward (for every layer, as Caffe, needed or not)."""
+        self._before_backward.append(_hook(fn, "before_backward"))
+
+    def after_backward(self, fn):
+        """Run ``fn(i)`` after layer ``i``'s backward."""
+        self._after_backward.append(_hook(fn, "after_backward"))
 
     # -- debugging: Caffe's debug_info lines and a NaN/Inf locator ------------------------
     def _forward_debug_info(self, i):
@@ -543,6 +600,10 @@ class Net:
         for p in self.learnable_params:
             p.flat_diff[...] = 0.0
 
+    def clear_param_diffs(self):
+        """pycaffe's name: zero every learnable parameter's diff (what the solver does each iteration)."""
+        self.ClearParamDiffs()
+
     # -- pycaffe's API --------------------------------------------------------------------
     def layer_index(self, name):
         try:
@@ -574,6 +635,42 @@ class Net:
         names = list(names) + [b for b in (blobs or ()) if b not in names]
         return {n: self.blobs[n].data for n in names}
 
+    def _batches(self, arrays):
+        """Split {blob name: array of N rows} into batches of the net's batch size.
+
+        Yields ({name: rows}, rows used); the last batch is padded with zeros.  Returns nothing
+        for an empty dict.  All arrays must have one number of rows and name blobs of the net.
+        """
+        arrays = {name: np.asarray(value, dtype=np.float32) for name, value in arrays.items()}
+        if not arrays:
+            return
+        for name in arrays:
+            if name not in self.blobs:
+                raise ConfigError(f"net has no blob {name!r} to set")
+        total = {len(a) for a in arrays.values()}
+        if len(total) != 1:
+            raise ConfigError(f"the arrays given need one number of rows; got "
+                              f"{ {name: len(a) for name, a in arrays.items()} }")
+        total = total.pop()
+        batch = self.blobs[next(iter(arrays))].shape[0]
+        for begin in range(0, total, batch):
+            chunk = {}
+            for name, a in arrays.items():
+                rows = a[begin:begin + batch]
+                if len(rows) < batch:
+                    rows = np.concatenate([rows, np.zeros((batch - len(rows),) + rows.shape[1:], np.float32)])
+                chunk[name] = rows
+            yield chunk, min(batch, total - begin)
+
+    @staticmethod
+    def _gather(parts, rows_total, batch):
+        """Join per-batch results; drop the padding rows of outputs that have one row per input."""
+        out = {}
+        for name, values in parts.items():
+            joined = np.concatenate(values)
+            out[name] = joined[:rows_total] if values[0].shape[0] == batch else joined
+        return out
+
     def forward_all(self, blobs=None, **kwargs):
         """pycaffe's forward_all: run input arrays of any length through in batches of the net's batch size.
 
@@ -582,28 +679,51 @@ class Net:
         """
         if not kwargs:
             return {name: value.copy() for name, value in self.forward(blobs=blobs).items()}
-        arrays = {name: np.asarray(value, dtype=np.float32) for name, value in kwargs.items()}
-        for name in arrays:
-            if name not in self.blobs:
-                raise ConfigError(f"net has no blob {name!r} to set the data of")
-        total = {len(a) for a in arrays.values()}
-        if len(total) != 1:
-            raise ConfigError(f"forward_all needs inputs with one number of rows; got "
-                              f"{ {name: len(a) for name, a in arrays.items()} }")
-        total = total.pop()
-        batch = self.blobs[next(iter(arrays))].shape[0]
-        parts = OrderedDict()
-        for begin in range(0, total, batch):
-            chunk = {}
-            for name, a in arrays.items():
-                rows = a[begin:begin + batch]
-                if len(rows) < batch:
-                    rows = np.concatenate([rows, np.zeros((batch - len(rows),) + rows.shape[1:], np.float32)])
-                chunk[name] = rows
+        parts, total, batch = OrderedDict(), 0, None
+        for chunk, used in self._batches(kwargs):
+            batch = len(next(iter(chunk.values())))
+            total += used
             for name, value in self.forward(blobs=blobs, **chunk).items():
                 parts.setdefault(name, []).append(np.array(value, copy=True, ndmin=1))
-        return {name: np.concatenate(values)[:total] if values[0].shape[0] == batch else np.concatenate(values)
-                for name, values in parts.items()}
+        return self._gather(parts, total, batch)
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe's forward_backward_all: forward and backward over arrays of any length, in batches.
+
+        ``kwargs`` give input arrays (set as data before each forward) and output arrays (set as diffs
+        before each backward); a side given none runs on what the net holds.  Returns two dicts,
+        {output (and ``blobs``) name: data} and {input (and ``diffs``) name: diff}, one row per row
+        given (padding dropped), as :meth:`forward_all` does.
+        """
+        inputs = {n: v for n, v in kwargs.items() if n in self.inputs}
+        outputs = {n: v for n, v in kwargs.items() if n in self.outputs}
+        other = sorted(set(kwargs) - set(inputs) - set(outputs))
+        if other:
+            raise ConfigError(f"forward_backward_all: {', '.join(map(repr, other))} "
+                              f"{'is' if len(other) == 1 else 'are'} neither an input ({self.inputs}) "
+                              f"nor an output ({self.outputs}) of the net")
+        forward_batches = list(self._batches(inputs))
+        backward_batches = list(self._batches(outputs))
+        if forward_batches and backward_batches and len(forward_batches) != len(backward_batches):
+            raise ConfigError(f"forward_backward_all: the inputs make {len(forward_batches)} batches but "
+                              f"the output diffs {len(backward_batches)}; give both the same number of rows")
+        steps = max(len(forward_batches), len(backward_batches), 1)
+        out_parts, diff_parts = OrderedDict(), OrderedDict()
+        total, batch = 0, None
+        for k in range(steps):
+            fb, used = forward_batches[k] if k < len(forward_batches) else ({}, None)
+            bb, used_b = backward_batches[k] if k < len(backward_batches) else ({}, None)
+            used = used if used is not None else used_b
+            if used is not None:
+                total += used
+                batch = len(next(iter((fb or bb).values())))
+            for name, value in self.forward(blobs=blobs, **fb).items():
+                out_parts.setdefault(name, []).append(np.array(value, copy=True, ndmin=1))
+            for name, value in self.backward(diffs=diffs, **bb).items():
+                diff_parts.setdefault(name, []).append(np.array(value, copy=True, ndmin=1))
+        if batch is None:   # nothing given: one pass over what the net holds
+            return ({n: v[0] for n, v in out_parts.items()}, {n: v[0] for n, v in diff_parts.items()})
+        return self._gather(out_parts, total, batch), self._gather(diff_parts, total, batch)
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Set output diffs from ``kwargs``, run backward, return {input name: diff array}."""
@@ -641,6 +761,20 @@ class Net:
                     raise ConfigError(f"layer {layer.name!r}: cannot share a parameter of shape "
                                       f"{theirs.shape} into one of shape {mine.shape}")
                 mine.share_data(theirs)
+
+    def share_with(self, other):
+        """pycaffe's ``share_with``: use ``other``'s trained parameters, by layer name (no copy)."""
+        self.share_trained_layers_with(other)
+
+    def save_hdf5(self, filename):
+        """pycaffe's ``save_hdf5``: the weights in Caffe's HDF5 layout (Net::ToHDF5), whatever the extension."""
+        from numcaffe.net.hdf5 import save_net_hdf5
+        save_net_hdf5(self, os.fspath(filename))
+
+    def load_hdf5(self, filename):
+        """pycaffe's ``load_hdf5``: copy weights by layer name from a Caffe HDF5 weights file."""
+        from numcaffe.net.hdf5 import load_net_hdf5
+        return load_net_hdf5(self, os.fspath(filename))
 
     def copy_from(self, source):
         """Copy weights by layer name from a .caffemodel (binary or HDF5) or a NetParameter."""
@@ -711,6 +845,12 @@ class Net:
 
     def __repr__(self):
         return f"Net({self.name!r}, {len(self.layers)} layers)"
+
+
+def _hook(fn, what):
+    if not callable(fn):
+        raise ConfigError(f"net.{what}() needs a callable taking the layer index; got {fn!r}")
+    return fn
 
 
 def _abs_mean(values):
