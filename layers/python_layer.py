@@ -42,7 +42,7 @@ import traceback
 
 from numcaffe.layers import base as _base
 from numcaffe.net.blob import Blob
-from numcaffe.net.errors import ConfigError, NumcaffeError
+from numcaffe.net.errors import ConfigError, NumcaffeError, error_keeping_type
 from numcaffe.net.proto.caffe_pb2 import TEST, TRAIN  # noqa: F401  (pycaffe's caffe.TRAIN / caffe.TEST)
 
 
@@ -146,7 +146,7 @@ class PythonLayer(_base.Layer):
         except NumcaffeError:
             raise
         except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"{self._where()}creating {p.module}.{p.layer} failed: {_summary(e)}") from e
+            raise error_keeping_type(e, f"{self._where()}creating {p.module}.{p.layer} failed: {_summary(e)}") from e
         # What pycaffe sets on the object before setup().
         impl.layer_param = self.layer_param
         impl.param_str = p.param_str
@@ -170,7 +170,7 @@ class PythonLayer(_base.Layer):
             raise
         except Exception as e:  # noqa: BLE001 - an error in the user's layer code
             p = self.layer_param.python_param
-            raise NumcaffeError(f"{self._where()}{p.module}.{p.layer}.{method}() raised {_summary(e)}") from e
+            raise error_keeping_type(e, f"{self._where()}{p.module}.{p.layer}.{method}() raised {_summary(e)}") from e
 
     def LayerSetUp(self, bottom, top):
         self.impl = self._create()

@@ -29,3 +29,37 @@ class NumericalError(NumcaffeError):
 
 class DataError(NumcaffeError):
     """A data file (database, list file, IDX file, image) that is missing, corrupt or does not fit."""
+
+
+_KEEPING_TYPE = {}
+
+
+def _init_message(self, message):
+    Exception.__init__(self, message)
+
+
+def _str_message(self):
+    return BaseException.__str__(self)
+
+
+def error_keeping_type(exc, message):
+    """A :class:`NumcaffeError` saying ``message`` that is also an instance of ``type(exc)``.
+
+    For errors raised by user code that numcaffe runs (a Python layer's ``setup`` or
+    ``forward``): the caller catches them by their own type, as pycaffe users do
+    (``except RuntimeError``), and the command line, which catches NumcaffeError,
+    still prints the one-line message with numcaffe's context.  The class is made
+    once per original type (named like it); a type that cannot be combined with
+    NumcaffeError (a built-in with its own memory layout) gives a plain NumcaffeError.
+    """
+    base = type(exc)
+    cls = _KEEPING_TYPE.get(base)
+    if cls is None:
+        try:
+            cls = type(base.__name__, (base, NumcaffeError),
+                       {"__init__": _init_message, "__str__": _str_message, "__module__": __name__,
+                        "__qualname__": base.__qualname__, "__doc__": f"{base.__name__} with numcaffe's context"})
+        except TypeError:
+            cls = NumcaffeError
+        _KEEPING_TYPE[base] = cls
+    return cls(message)
