@@ -100,8 +100,10 @@ class Solver:
 
     Relative paths to the nets and weights are opened from the working
     directory, as Caffe does, and from the solver file's directory when the
-    file is only there.  A relative snapshot_prefix is taken from the solver
-    file's directory unless only the working directory has its folder.
+    file is only there.  A snapshot_prefix without a folder ("lenet") is taken from
+    the working directory, as Caffe does; a relative one with a folder
+    ("snapshots/lenet") from the solver file's directory unless only the working
+    directory has that folder.
     """
 
     type_name = None
@@ -188,7 +190,9 @@ class Solver:
             prefix = os.path.join(self.base_dir, stem)
         else:
             prefix = os.path.expanduser(p.snapshot_prefix)
-            if not os.path.isabs(prefix):
+            # A bare name ("model") is taken from the working directory, as Caffe does; a relative
+            # path with a folder from the solver's folder unless only the working directory has it.
+            if not os.path.isabs(prefix) and os.path.dirname(prefix):
                 here = os.path.join(self.base_dir, prefix)
                 parent_here = os.path.dirname(here) or "."
                 parent_cwd = os.path.dirname(prefix) or "."
