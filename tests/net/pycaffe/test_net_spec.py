@@ -111,7 +111,7 @@ def test_param_kwargs_of_a_types_second_message():
     (lambda: L.Pooling(L.Input(shape=dict(dim=[1])), pool="MAXIMUM"), "'MAXIMUM' is not a PoolMethod value"),
     (lambda: L.InnerProduct(L.Input(shape=dict(dim=[1])), num_output="ten"), "num_output"),
     (lambda: L.InnerProduct(L.Input(shape=dict(dim=[1])), weight_filler=dict(typ="x")), "did you mean 'type'"),
-    (lambda: L.ReLU("data"), "bottom 0 is 'data'"),
+    (lambda: L.ReLU("data"), "ReLU input 0 is not a Top (type is <class 'str'>)"),   # pycaffe's words
     (lambda: L.ReLU(L.Input(shape=dict(dim=[1])), in_place=True, ntop=2), "in_place=True needs"),
 ])
 def test_clear_errors(make, needle):

@@ -187,7 +187,7 @@ def crop(top_from, top_to):
     scale and ``top_from`` to cover ``top_to`` at a whole-number offset, otherwise
     :class:`CropError` (an AssertionError, as pycaffe) says which condition failed.
     """
-    from numcaffe.net.netspec import layers as L
+    from numcaffe.net.pycaffe.net_spec import layers as L
     ax, a, b = coord_map_from_to(top_from, top_to)
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if not (a == 1).all():

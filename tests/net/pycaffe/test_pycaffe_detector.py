@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from numcaffe.net.detector import Detector
+from numcaffe.net.pycaffe import Detector
 from numcaffe.net.errors import NumcaffeError, ShapeError
 
 # The "classifier" answers each window's mean colour: global average pooling of a 3 x 8 x 8 input.

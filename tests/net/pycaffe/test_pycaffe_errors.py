@@ -116,3 +116,28 @@ def test_the_combined_class_is_made_once_per_type():
 def test_cli_prints_one_clean_line(layer_net, capsys, cls, needle):
     status, _, err = cli(["time", "--model", layer_net(cls), "--iterations", "1"], capsys)
     assert_clean_error(status, err, "layer 'user' (Python)", needle)
+def test_netspec_misuse_is_a_type_error_in_pycaffes_words():
+    L = caffe.layers
+    data = L.DummyData(ntop=2)                     # a tuple of two tops
+    with pytest.raises(TypeError) as info:
+        L.Silence(data, ntop=0)
+    assert str(info.value) == "Silence input 0 is not a Top (type is <class 'tuple'>)"
+    assert isinstance(info.value, NumcaffeError)
+    L.Silence(*data, ntop=0)                       # each top on its own is fine
+    with pytest.raises(TypeError, match=r"^Concat input 1 is not a Top \(type is <class 'int'>\)$"):
+        L.Concat(data[0], 3)
+
+
+def test_blobproto_without_shape_is_a_value_error_unless_it_holds_one_value():
+    blob = caffe.proto.caffe_pb2.BlobProto()
+    blob.data.extend([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="3 values but no shape"):
+        caffe.io.blobproto_to_array(blob)
+    single = caffe.proto.caffe_pb2.BlobProto()
+    single.data.append(5.0)
+    arr = caffe.io.blobproto_to_array(single)        # a scalar, as Caffe's empty shape means
+    assert arr.shape == () and arr == 5.0
+    legacy = caffe.proto.caffe_pb2.BlobProto(num=1, channels=1, height=1, width=3)
+    legacy.data.extend([1.0, 2.0, 3.0])
+    assert caffe.io.blobproto_to_array(legacy).shape == (1, 1, 1, 3)
+

@@ -19,9 +19,11 @@ import os
 
 import numpy as np
 
-from numcaffe.net import pycaffe_io as io
 from numcaffe.net.errors import ConfigError, NumcaffeError, ShapeError
 from numcaffe.net.net import TEST, Net
+from numcaffe.net.pycaffe import io
+
+__all__ = ["Detector"]
 
 
 class Detector(Net):

@@ -5,7 +5,7 @@ import pytest
 
 import numcaffe.net.pycaffe as caffe
 from numcaffe.net.errors import NumcaffeError
-from numcaffe.net.coord_map import (AxisMismatchException, CoordMapError, CropError, compose, coord_map,
+from numcaffe.net.pycaffe.coord_map import (AxisMismatchException, CoordMapError, CropError, compose, coord_map,
                                             coord_map_from_to, crop, inverse)
 
 L, P = caffe.layers, caffe.params
