@@ -19,8 +19,9 @@ class ModelFileError(NumcaffeError):
     """A weights, mean or solver-state file that is missing, corrupt or does not fit."""
 
 
-class ShapeError(NumcaffeError):
-    """Blob shapes that a layer cannot work with."""
+class ShapeError(NumcaffeError, ValueError):
+    """Blob shapes that a layer cannot work with; also a ValueError, which numpy and pycaffe raise
+    for shapes that do not fit, so code written for them catches it."""
 
 
 class NumericalError(NumcaffeError):

@@ -33,10 +33,20 @@ __all__ = ["blobproto_to_array", "array_to_blobproto", "arraylist_to_blobprotove
 def blobproto_to_array(blob, return_diff=False):
     """The data (or, with ``return_diff``, the diff) of a BlobProto as an array of its shape.
 
-    The legacy num/channels/height/width fields give the shape when any is set, else ``shape``.
+    The legacy num/channels/height/width fields give the shape when any is set, else ``shape``;
+    a BlobProto with neither is a scalar (Caffe's empty shape), so it must hold exactly one value.
+    A shape that does not fit the values is a :class:`ShapeError`, which is a ValueError as in pycaffe.
     """
     field = "diff" if return_diff else "data"
-    return proto_array(blob, field=field)
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+        shape = (blob.num, blob.channels, blob.height, blob.width)
+    else:
+        shape = tuple(blob.shape.dim)
+        count = len(getattr(blob, field)) or len(getattr(blob, "double_" + field))
+        if not shape and count != 1:
+            raise ShapeError(f"blobproto_to_array: the BlobProto holds {count} values but no shape (neither "
+                             f"'shape' nor num/channels/height/width); without one it is a scalar")
+    return proto_array(blob, shape, field=field)
 
 
 def array_to_blobproto(arr, diff=None):

@@ -127,6 +127,10 @@ class Top:
         return f"<Top {self.n} of {self.fn.type_name}>"
 
 
+class NotATopError(ConfigError, TypeError):
+    """A layer function was given something other than a Top as a bottom (pycaffe raises TypeError)."""
+
+
 class Function:
     """One layer: its type, its bottoms (Tops), its parameters."""
 
@@ -134,8 +138,9 @@ class Function:
         self.type_name = type_name
         for i, inp in enumerate(inputs):
             if not isinstance(inp, Top):
-                raise ConfigError(f"L.{type_name}: bottom {i} is {inp!r}, not the output of another layer "
-                                  f"(keyword arguments give parameters)")
+                # pycaffe's exact words, which its users match (the tuple an ntop=2 layer returns is the
+                # usual case: pass its tops with *tops; keyword arguments give parameters)
+                raise NotATopError(f"{type_name} input {i} is not a Top (type is {type(inp)})")
         self.inputs = inputs
         self.params = dict(params)
         self.ntop = self.params.pop("ntop", 1)
