@@ -79,3 +79,14 @@ def add_log_file(path):
     handler.setFormatter(GlogFormatter())
     get_logger().addHandler(handler)
     return handler
+
+
+def set_min_level(level):
+    """Log only messages of glog level ``level`` and above (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL),
+    as ``GLOG_minloglevel`` / Caffe's ``FLAGS_minloglevel`` do."""
+    from numcaffe.net.errors import ConfigError
+    key = str(level).strip()
+    if key not in _LEVELS:
+        raise ConfigError(f"log level {level!r}: expected 0 (INFO), 1 (WARNING), 2 (ERROR) or 3 (FATAL), "
+                          f"as GLOG_minloglevel")
+    get_logger().setLevel(_LEVELS[key])

@@ -15,18 +15,36 @@ The submodules are Caffe's (python/caffe/): ``pycaffe`` (Net, the solvers, the
 mode and device functions), ``io``, ``net_spec``, ``classifier``, ``draw`` and
 ``proto`` (``from numcaffe.net.pycaffe.proto import caffe_pb2`` works).
 
-Not provided: GPU and multi-GPU parts (NCCL, ``solver.add_callback``), ``Detector``,
-pydot's ``get_pydot_graph`` and ``caffe.coord_map``.
+``coord_map`` (``from numcaffe.net.pycaffe.coord_map import crop``) aligns tops for FCN-style
+crops; ``Detector`` classifies image windows; ``Timer``, ``init_log``, ``log``, ``has_nccl``
+(False) and ``__version__`` (numcaffe's) are pycaffe's too.
+
+Not provided: GPU and multi-GPU parts (``NCCL``, ``solver.add_callback``, ``solver_count`` & co.)
+and pydot's ``get_pydot_graph``.
 """
 from numcaffe.net.pycaffe.pycaffe import (TEST, TRAIN, AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Layer,
-                                          NesterovSolver, Net, RMSPropSolver, SGDSolver, get_solver,
-                                          layer_type_list, set_device, set_mode_cpu, set_mode_gpu,
-                                          set_random_seed)
+                                          NesterovSolver, Net, RMSPropSolver, SGDSolver, Timer, get_solver,
+                                          has_nccl, init_log, layer_type_list, log, set_device, set_mode_cpu,
+                                          set_mode_gpu, set_random_seed)
 from numcaffe.net.pycaffe.classifier import Classifier
+from numcaffe.net.pycaffe.detector import Detector
 from numcaffe.net.pycaffe import draw, io, proto
 from numcaffe.net.pycaffe.net_spec import NetSpec, layers, params, to_proto
 
 __all__ = ["Net", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
            "Layer", "Blob", "NetSpec", "layers", "params", "to_proto", "get_solver", "SGDSolver",
            "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "proto",
-           "io", "draw", "Classifier", "layer_type_list"]
+           "io", "draw", "Classifier", "Detector", "layer_type_list", "has_nccl", "Timer", "init_log", "log",
+           "__version__"]
+
+
+def _version():
+    from importlib import metadata
+    try:
+        return metadata.version("numcaffe")
+    except metadata.PackageNotFoundError:      # run from a source tree that was never installed
+        return "0+unknown"
+
+
+#: numcaffe's version (pycaffe's ``caffe.__version__`` gives Caffe's).
+__version__ = _version()
