@@ -635,7 +635,7 @@ class Net:
         names = list(names) + [b for b in (blobs or ()) if b not in names]
         return {n: self.blobs[n].data for n in names}
 
-    def _batches(self, arrays):
+    def _batches(self, arrays, what):
         """Split {blob name: array of N rows} into batches of the net's batch size.
 
         Yields ({name: rows}, rows used); the last batch is padded with zeros.  Returns nothing
@@ -646,10 +646,10 @@ class Net:
             return
         for name in arrays:
             if name not in self.blobs:
-                raise ConfigError(f"net has no blob {name!r} to set")
+                raise ConfigError(f"{what}: net has no blob {name!r} to set")
         total = {len(a) for a in arrays.values()}
         if len(total) != 1:
-            raise ConfigError(f"the arrays given need one number of rows; got "
+            raise ConfigError(f"{what} needs arrays with one number of rows; got "
                               f"{ {name: len(a) for name, a in arrays.items()} }")
         total = total.pop()
         batch = self.blobs[next(iter(arrays))].shape[0]
@@ -680,7 +680,7 @@ class Net:
         if not kwargs:
             return {name: value.copy() for name, value in self.forward(blobs=blobs).items()}
         parts, total, batch = OrderedDict(), 0, None
-        for chunk, used in self._batches(kwargs):
+        for chunk, used in self._batches(kwargs, "forward_all"):
             batch = len(next(iter(chunk.values())))
             total += used
             for name, value in self.forward(blobs=blobs, **chunk).items():
@@ -702,8 +702,8 @@ class Net:
             raise ConfigError(f"forward_backward_all: {', '.join(map(repr, other))} "
                               f"{'is' if len(other) == 1 else 'are'} neither an input ({self.inputs}) "
                               f"nor an output ({self.outputs}) of the net")
-        forward_batches = list(self._batches(inputs))
-        backward_batches = list(self._batches(outputs))
+        forward_batches = list(self._batches(inputs, "forward_backward_all"))
+        backward_batches = list(self._batches(outputs, "forward_backward_all"))
         if forward_batches and backward_batches and len(forward_batches) != len(backward_batches):
             raise ConfigError(f"forward_backward_all: the inputs make {len(forward_batches)} batches but "
                               f"the output diffs {len(backward_batches)}; give both the same number of rows")
