@@ -160,3 +160,69 @@ def test_forward_backward_all_refuses_unknown_and_mismatched_arrays(deploy):
         deploy.forward_backward_all(conv=np.zeros((3, 3, 4, 4)))
     with pytest.raises(ConfigError, match="2 batches but the output diffs 1"):
         deploy.forward_backward_all(x=np.zeros((6, 2, 4, 4)), ip=np.zeros((3, 4)))
+
+
+def test_forward_and_backward_over_one_layer(net):
+    ip_w, ip_b = (p.data for p in net.params["ip"])
+    net.forward()
+    conv = net.blobs["conv"].data.copy()
+    net.blobs["conv"].data[...] = conv + 1.0          # only "ip" runs: conv is not recomputed
+    out = net.forward(start="ip", end="ip")
+    assert list(out) == ["ip"]
+    np.testing.assert_allclose(out["ip"], (conv + 1.0).reshape(3, -1) @ ip_w.T + ip_b, rtol=1e-5)
+    dip = np.random.default_rng(3).normal(size=(3, 4)).astype(np.float32)
+    net.blobs["ip"].diff[...] = dip
+    diffs = net.backward(start="ip", end="ip")
+    assert list(diffs) == ["conv"]
+    np.testing.assert_allclose(diffs["conv"].reshape(3, -1), dip @ ip_w, rtol=1e-5)
+
+
+def test_blobs_and_params_outlive_their_net(net):
+    params = [p for ps in net.params.values() for p in ps]
+    blobs = list(net.blobs.values())
+    expected = sum(float(p.data.sum()) for p in params)
+    del net
+    assert sum(float(p.data.sum()) for p in params) == expected
+    assert all(np.isfinite(b.data).all() and np.isfinite(b.diff).all() for b in blobs)
+
+
+PARAM_LAYER = """
+import numcaffe.net.pycaffe as caffe
+
+class Offset(caffe.Layer):
+    def setup(self, bottom, top):
+        self.blobs.add_blob(1)
+        self.blobs[0].data[0] = 0.5
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data + self.blobs[0].data[0]
+    def backward(self, top, propagate_down, bottom):
+        self.blobs[0].diff[0] += top[0].diff.sum()
+        bottom[0].diff[...] = top[0].diff
+"""
+
+
+def test_a_python_layers_parameter_is_saved_loaded_and_shared(tmp_path, monkeypatch):
+    module = f"offset_layer_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{module}.py").write_text(PARAM_LAYER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "offset.prototxt"
+    path.write_text('force_backward: true\nlayer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 } } }\n'
+                    f'layer {{ name: "off" type: "Python" bottom: "x" top: "y" '
+                    f'python_param {{ module: "{module}" layer: "Offset" }} }}\n')
+    net = caffe.Net(str(path), caffe.TRAIN)
+    net.blobs["y"].diff[...] = [1.0, 2.0]
+    net.backward()
+    layer = net.layer_dict["off"]
+    assert layer.blobs[0].diff[0] == 3.0 and net.params["off"][0] is layer.blobs[0]
+    layer.blobs[0].data[0] = 4.0
+    saved = tmp_path / "offset.caffemodel"
+    net.save(str(saved))
+    layer.blobs[0].data[0] = -1.0
+    net.copy_from(str(saved))
+    assert layer.blobs[0].data[0] == 4.0
+    other = caffe.Net(str(path), caffe.TEST)
+    assert other.layer_dict["off"].blobs[0].data[0] == 0.5
+    other.share_with(net)
+    assert other.forward(x=np.zeros(2))["y"].tolist() == [4.0, 4.0]
