@@ -16,6 +16,7 @@ import numpy as np
 
 from numcaffe.layers.base import register
 from numcaffe.layers.base_data import PrefetchingDataLayer
+from numcaffe.net.comm import layer_shard, realign
 from numcaffe.net.data.db import datum_array, open_reader, parse_datum
 from numcaffe.net.data.transform import DataTransformer, decode_image
 from numcaffe.net.errors import ConfigError, DataError
@@ -34,8 +35,9 @@ def generator_like(rng, state):
 class DatumSource:
     """Reads batches of Datums from a database :class:`~numcaffe.net.data.db.Reader` and transforms them."""
 
-    def __init__(self, reader, transformer, batch_size, rng, with_label, where):
+    def __init__(self, reader, transformer, batch_size, rng, with_label, where, shard=(0, 1)):
         self.reader = reader
+        self.shard = shard        # (rank, size): this rank reads records rank, rank + size, ...
         self.transformer = transformer
         self.batch_size = batch_size
         self.rng = rng
@@ -84,14 +86,14 @@ class DatumSource:
         return np.stack(arrays).astype(dtype, copy=False), labels
 
     def load_batch(self, arrays):
-        raw, labels = self._stack(self.reader.read(self.batch_size))
+        raw, labels = self._stack(self.reader.read(self.batch_size, stride=self.shard[1]))
         data = self.transformer.transform(raw, self.rng, out=arrays[0] if arrays else None)
         if not self.with_label:
             return [data]
         return [data, labels]
 
     def position(self):
-        return {"key": self.reader.key.hex(), "rng": self.rng.bit_generator.state}
+        return {"key": self.reader.key.hex(), "rng": self.rng.bit_generator.state, "shard": list(self.shard)}
 
     def seek(self, position):
         try:
@@ -99,6 +101,7 @@ class DatumSource:
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{self.where}: the saved state has no valid database key") from None
         self.reader.seek(key)
+        self.reader.skip(realign(position, *self.shard))
         self.rng.bit_generator.state = position["rng"]
 
     def close(self):
@@ -131,8 +134,10 @@ class DataLayer(PrefetchingDataLayer):
                 skip = int(self.random.integers(p.rand_skip))
                 get_logger().info("Skipping first %d data points.", skip)
                 reader.read(skip)
+            shard = layer_shard(self)
+            reader.skip(shard[0])   # Caffe's DataLayer::Skip: record i goes to rank i mod size
             source = DatumSource(reader, transformer, int(p.batch_size), self.random, len(top) > 1,
-                                 self.describe())
+                                 self.describe(), shard)
             shape = source.item_shape()
         except BaseException:
             reader.close()

@@ -22,6 +22,7 @@ import numpy as np
 from numcaffe.layers.base import Layer, register
 from numcaffe.layers.base_data import PrefetchingDataLayer
 from numcaffe.layers.data import generator_like
+from numcaffe.net.comm import layer_shard, realign
 from numcaffe.net.data.db import need
 from numcaffe.net.errors import ConfigError, DataError
 from numcaffe.net.io import resolve_path
@@ -78,8 +79,11 @@ def load_hdf5(path, names, where):
 class HDF5Source:
     """Rows of the listed files in (possibly shuffled) file and row order."""
 
-    def __init__(self, files, names, batch_size, shuffle, rng, where):
+    def __init__(self, files, names, batch_size, shuffle, rng, where, shard=(0, 1)):
         self.files = files
+        # (rank, size): this rank takes rows rank, rank + size, ... of the stream.  Every rank draws the same
+        # permutations (the generator draws nothing else, in the same order on every rank) and deals them.
+        self.shard = shard
         self.names = names
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -124,19 +128,37 @@ class HDF5Source:
         self._load(self.shuffle)
         self.row = 0
 
+    def skip(self, n):
+        """Pass over the next ``n`` rows."""
+        for _ in range(n):
+            self.row += 1
+            if self.row == self.arrays[0].shape[0]:
+                self._advance_file()
+
+    def _check_rows(self, out, src):
+        if src.shape[1:] != out.shape[1:]:
+            raise DataError(f"{self.where}: {self.files[self._loaded]!r} holds rows of shape "
+                            f"{src.shape[1:]} where earlier files had {out.shape[1:]}")
+
     def load_batch(self, arrays):
         n = self.batch_size
         shapes = [(n,) + a.shape[1:] for a in self.arrays]
         if len(arrays) != len(shapes) or any(a.shape != s for a, s in zip(arrays, shapes)):
             arrays = [np.empty(s, dtype=np.float32) for s in shapes]
+        if self.shard[1] > 1:
+            for j in range(n):      # one row, then past the other ranks' rows
+                r = self.row_order[self.row]
+                for out, src in zip(arrays, self.arrays):
+                    self._check_rows(out, src)
+                    out[j] = src[r]
+                self.skip(self.shard[1])
+            return arrays
         filled = 0
         while filled < n:
             k = min(n - filled, self.arrays[0].shape[0] - self.row)
             rows = self.row_order[self.row:self.row + k]
             for out, src in zip(arrays, self.arrays):
-                if src.shape[1:] != out.shape[1:]:
-                    raise DataError(f"{self.where}: {self.files[self._loaded]!r} holds rows of shape "
-                                    f"{src.shape[1:]} where earlier files had {out.shape[1:]}")
+                self._check_rows(out, src)
                 np.take(src, rows, axis=0, out=out[filled:filled + k])
             filled += k
             self.row += k
@@ -146,7 +168,7 @@ class HDF5Source:
 
     def position(self):
         return {"files": self.file_state, "file": int(self.file_pos), "rows": self.row_state,
-                "row": int(self.row), "rng": self.rng.bit_generator.state}
+                "row": int(self.row), "rng": self.rng.bit_generator.state, "shard": list(self.shard)}
 
     def seek(self, position):
         try:
@@ -169,6 +191,7 @@ class HDF5Source:
         self.row_order = np.arange(rows) if row_state is None else generator_like(self.rng, row_state).permutation(rows)
         self.row = row
         self.rng.bit_generator.state = rng_state
+        self.skip(realign(position, *self.shard))
 
     def close(self):
         self.arrays = None
@@ -190,7 +213,8 @@ class HDF5DataLayer(PrefetchingDataLayer):
         list_path = resolve_path(p.source, self.base_dir, f"{self.describe()}: hdf5_data_param.source")
         files = read_file_list(list_path, self.base_dir, self.describe())
         source = HDF5Source(files, list(self.layer_param.top), int(p.batch_size), bool(p.shuffle),
-                            self.random, self.describe())
+                            self.random, self.describe(), layer_shard(self))
+        source.skip(source.shard[0])
         for t, shape in zip(top, source.item_shapes()):
             t.reshape((int(p.batch_size),) + tuple(shape))
         self.start_prefetch(source)

@@ -20,6 +20,7 @@ import numpy as np
 from numcaffe.layers.base import register
 from numcaffe.layers.base_data import PrefetchingDataLayer
 from numcaffe.layers.data import generator_like
+from numcaffe.net.comm import layer_shard, realign
 from numcaffe.net.data.transform import DataTransformer, decode_image
 from numcaffe.net.errors import ConfigError, DataError
 from numcaffe.net.io import resolve_path
@@ -56,7 +57,7 @@ def read_image_list(path, where="image list"):
 class ImageListSource:
     """Reads, resizes and transforms the images of a list, in (possibly shuffled) order."""
 
-    def __init__(self, items, transformer, batch_size, size, is_color, shuffle, rng, where):
+    def __init__(self, items, transformer, batch_size, size, is_color, shuffle, rng, where, shard=(0, 1)):
         self.paths = [p for p, _ in items]
         self.labels = np.asarray([l for _, l in items], dtype=np.float32)
         self.transformer = transformer
@@ -66,6 +67,10 @@ class ImageListSource:
         self.shuffle = shuffle
         self.rng = rng
         self.where = where
+        self.shard = shard          # (rank, size): this rank takes items rank, rank + size, ... of the order
+        # Every rank draws the same shuffles and deals them; with several ranks the shuffles take their own
+        # generator (a copy of the layer's, the same on every rank), which the transforms do not advance.
+        self.shuffle_rng = rng if shard[1] == 1 else generator_like(rng, rng.bit_generator.state)
         self.index = 0
         self.shuffle_state = None   # the generator state the current order was drawn from
         self.order = np.arange(len(self.paths))
@@ -73,8 +78,17 @@ class ImageListSource:
             self._reshuffle()
 
     def _reshuffle(self):
-        self.shuffle_state = self.rng.bit_generator.state
-        self.order = self.rng.permutation(len(self.paths))
+        self.shuffle_state = self.shuffle_rng.bit_generator.state
+        self.order = self.shuffle_rng.permutation(len(self.paths))
+
+    def advance(self, n=1):
+        """Move ``n`` items on, reshuffling at the end of every pass."""
+        for _ in range(n):
+            self.index += 1
+            if self.index >= len(self.paths):
+                self.index = 0
+                if self.shuffle:
+                    self._reshuffle()
 
     def load_image(self, i):
         return decode_image(self.paths[i], self.is_color, self.size, where=f"{self.where}: {self.paths[i]!r}")
@@ -94,16 +108,13 @@ class ImageListSource:
                                 f"new_width to give all images one size")
             images.append(img)
             labels[j] = self.labels[i]
-            self.index += 1
-            if self.index >= len(self.paths):
-                self.index = 0
-                if self.shuffle:
-                    self._reshuffle()
+            self.advance(self.shard[1])
         data = self.transformer.transform(np.stack(images), self.rng, out=arrays[0] if arrays else None)
         return [data, labels]
 
     def position(self):
-        return {"index": int(self.index), "shuffle": self.shuffle_state, "rng": self.rng.bit_generator.state}
+        return {"index": int(self.index), "shuffle": self.shuffle_state, "rng": self.rng.bit_generator.state,
+                "shard": list(self.shard)}
 
     def seek(self, position):
         try:
@@ -118,10 +129,14 @@ class ImageListSource:
         if shuffle_state is None:
             self.order = np.arange(len(self.paths))
         else:
-            self.order = generator_like(self.rng, shuffle_state).permutation(len(self.paths))
+            drawn = generator_like(self.rng, shuffle_state)
+            self.order = drawn.permutation(len(self.paths))
+            if self.shuffle_rng is not self.rng:
+                self.shuffle_rng = drawn
         self.shuffle_state = shuffle_state
         self.index = index
         self.rng.bit_generator.state = rng_state
+        self.advance(realign(position, *self.shard))
 
     def close(self):
         pass
@@ -157,13 +172,14 @@ class ImageDataLayer(PrefetchingDataLayer):
         resolved = [(prefix + name, label) for name, label in items]
         size = (int(p.new_height), int(p.new_width)) if p.new_height else None
         source = ImageListSource(resolved, transformer, int(p.batch_size), size, bool(p.is_color),
-                                 bool(p.shuffle), self.random, self.describe())
+                                 bool(p.shuffle), self.random, self.describe(), layer_shard(self))
         if p.rand_skip:
             if p.rand_skip > len(resolved):
                 raise ConfigError(f"{self.describe()}: rand_skip {p.rand_skip} exceeds the number of "
                                   f"images ({len(resolved)})")
             source.index = int(self.random.integers(p.rand_skip))
             log.info("Skipping first %d data points.", source.index)
+        source.advance(source.shard[0])   # item i of the (shuffled) list goes to rank i mod size
         shape = source.item_shape()
         top[0].reshape((int(p.batch_size),) + shape)
         log.info("output data size: %s", ",".join(str(d) for d in top[0].shape))

@@ -29,8 +29,11 @@ class MemoryDataLayer(Layer):
         self.data = None
         self.labels = None
         self.pos = 0
+        self.shard = (0, 1)
 
     def LayerSetUp(self, bottom, top):
+        from numcaffe.net.comm import layer_shard
+        self.shard = layer_shard(self)   # pos counts the rows of all ranks; this rank takes every size-th
         if self.batch_size <= 0 or min(self.item_shape) <= 0:
             raise ConfigError(f"{self.describe()}: memory_data_param needs positive batch_size, channels, "
                               f"height and width")
@@ -78,9 +81,15 @@ class MemoryDataLayer(Layer):
             raise ConfigError(f"{self.describe()}: no data yet; call reset(data, labels) or "
                               f"net.set_input_arrays(data, labels) first")
         b, p = self.batch_size, self.pos % self.data.shape[0]
-        top[0].data[...] = self.data[p:p + b]
-        top[1].data[...] = self.labels[p:p + b]
-        self.pos = (p + b) % self.data.shape[0]
+        rank, size = self.shard
+        if size == 1:
+            top[0].data[...] = self.data[p:p + b]
+            top[1].data[...] = self.labels[p:p + b]
+        else:   # rows p + rank, p + rank + size, ...: item i goes to rank i mod size
+            rows = (p + rank + size * np.arange(b)) % self.data.shape[0]
+            np.take(self.data, rows, axis=0, out=top[0].data)
+            np.take(self.labels, rows, axis=0, out=top[1].data)
+        self.pos = (p + b * size) % self.data.shape[0]
 
     def Backward_cpu(self, top, propagate_down, bottom):
         pass

@@ -36,16 +36,22 @@ class SignalHandler:
     last call (SIGINT first), or ``none``.
     """
 
-    def __init__(self, sigint_effect=SNAPSHOT_STOP, sighup_effect=SNAPSHOT):
+    def __init__(self, sigint_effect=SNAPSHOT_STOP, sighup_effect=SNAPSHOT, launcher=False):
         self.sigint_effect = parse_action(sigint_effect, "sigint_effect")
         self.sighup_effect = parse_action(sighup_effect, "sighup_effect")
         self._got_sigint = False
         self._got_sighup = False
         self._previous = {}
+        # Under MPI a SIGINT or SIGTERM to mpiexec ends the ranks at once; SIGUSR1 and SIGUSR2 are forwarded
+        # to every rank and stand for SIGINT and SIGHUP (`numcaffe train --procs` sends them on Ctrl-C).
+        self.launcher = launcher
 
     def _on_sigint(self, signum, frame):
         if self._got_sigint:
             raise KeyboardInterrupt
+        self._got_sigint = True
+
+    def _on_usr1(self, signum, frame):
         self._got_sigint = True
 
     def _on_sighup(self, signum, frame):
@@ -55,6 +61,9 @@ class SignalHandler:
         self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
         if hasattr(signal, "SIGHUP"):
             self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_sighup)
+        if self.launcher and hasattr(signal, "SIGUSR1"):
+            self._previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._on_usr1)
+            self._previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, self._on_sighup)
         return self
 
     def __exit__(self, *exc):

@@ -33,6 +33,7 @@ import time
 import numpy as np
 from google.protobuf import text_format
 
+from numcaffe.net import comm as nc_comm
 from numcaffe.net import random as nc_random
 from numcaffe.net.config import read_message
 from numcaffe.net.errors import ConfigError, ModelFileError, NumericalError
@@ -121,14 +122,18 @@ class Solver:
             base_dir = os.path.dirname(os.path.abspath(source)) if source else os.getcwd()
         self.base_dir = base_dir
         self.param = param
+        self.comm = nc_comm.world()
         self._check_param()
         log.info("Initializing solver from parameters: \n%s", text_format.MessageToString(param).rstrip())
         self._set_snapshot_prefix()
-        if param.snapshot:
+        if param.snapshot and self.comm.is_root:
             self._check_snapshot_writable()
         if param.random_seed >= 0:
             # as Caffe: without a seed in the file, a seed set before (caffe.set_random_seed) still holds
             nc_random.set_random_seed(param.random_seed)
+        elif self.comm.size > 1:
+            # every rank draws the same shuffles (then deals them): one seed, rank 0's
+            nc_random.set_random_seed(self.comm.bcast(int(np.random.SeedSequence().entropy % 2 ** 63)))
         self._net_files = {}              # net file -> its NetParameter, while the nets are made
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
@@ -138,6 +143,7 @@ class Solver:
             net.share_trained_layers_with(self.net)
         for w in self.param.weights:
             self.copy_weights(w)
+        self._init_distributed()
         log.info("Solver scaffolding done.")
         self.iter = 0
         self.current_step = 0
@@ -152,12 +158,58 @@ class Solver:
         self.listeners = []               # told what the log shows (solvers/listener.py)
         self.progress = None
         self._pre_test_state = None
+        self._test_requests = []         # signals rank 0 took while testing with several ranks
         self._last_snapshot = None        # (iter, model file) of the last snapshot written
         self.best_snapshot = None
         self._init_monitors()
         self._train_loss_weights = self.net.blob_loss_weights
         self._test_loss_weights = [n.blob_loss_weights for n in self.test_nets]
         self.pre_solve()
+
+    # -- data parallel ------------------------------------------------------------------
+    def _init_distributed(self):
+        """The flat gradient buffer and rank 0's initial weights on every rank (net/comm.py).
+
+        The buffer's tail carries, per rank, the loss and whether its gradients
+        are finite, then the ranks' snapshot and stop requests: one Allreduce per
+        iteration averages the gradients and agrees on all of it.
+        """
+        n = self.comm.size
+        self._grads = nc_comm.GradientBuffer(self.net, self.comm, extra=2 * n + 2)
+        if n > 1:
+            nc_comm.bcast_params(self.net, self.comm)
+            for net in self.test_nets:
+                net.share_trained_layers_with(self.net)
+            log.info("Data parallel over %d ranks (%s): each rank reads its share of the data, the global "
+                     "batch is %d x the batch size of the train net", n, self.comm.library or "MPI", n)
+
+    def _reduce_gradients(self, loss, request):
+        """Average the gradients over ranks; returns (global loss, ranks whose loss or gradients are not
+        finite, the agreed request).  With one rank nothing moves but the bookkeeping is the same."""
+        n, r = self.comm.size, self.comm.rank
+        tail = self._grads.tail
+        tail[:] = 0.0
+        tail[r] = loss
+        finite = math.isfinite(loss) and self._gradients_finite()
+        tail[n + r] = 0.0 if finite else 1.0
+        tail[2 * n] = request in (signals.SNAPSHOT, signals.SNAPSHOT_STOP)
+        tail[2 * n + 1] = request in (signals.STOP, signals.SNAPSHOT_STOP)
+        self._grads.reduce()
+        if n > 1:
+            loss = float(np.sum(tail[:n], dtype=np.float64)) / n
+            snap, stop = tail[2 * n] > 0, tail[2 * n + 1] > 0
+            request = (signals.SNAPSHOT_STOP if snap and stop else signals.SNAPSHOT if snap
+                       else signals.STOP if stop else signals.NONE)
+        bad = [i for i in range(n) if tail[n + i] != 0]
+        return loss, bad, request
+
+    def _global_outputs(self, net):
+        """The train net's outputs, averaged over ranks (what one process at the global batch shows)."""
+        values = self._outputs(net)
+        if self.comm.size == 1 or not values:
+            return values
+        sums = self.comm.allreduce_sum(np.array([v for _, v in values], dtype=np.float64))
+        return [(name, float(s) / self.comm.size) for (name, _), s in zip(values, sums)]
 
     # -- configuration --------------------------------------------------------------
     def _check_param(self):
@@ -391,8 +443,10 @@ class Solver:
             for _ in range(p.iter_size):
                 loss += self.net.ForwardBackward()
             loss /= p.iter_size
-            if not math.isfinite(loss) or not self._gradients_finite():
-                self._diverged(loss)
+            request = self.get_requested_action()
+            loss, bad_ranks, request = self._reduce_gradients(loss, request)
+            if bad_ranks:
+                self._diverged(loss, bad_ranks)
             self._update_smoothed_loss(loss, start_iter, average_loss)
             if display:
                 lapse = time.perf_counter() - timer
@@ -401,7 +455,7 @@ class Solver:
                          p.display, fmt(self.smoothed_loss))
                 timer = time.perf_counter()
                 iterations_last = self.iter
-                outputs = self._outputs(self.net)
+                outputs = self._global_outputs(self.net)
                 for line in _output_lines(self.net, outputs, self._train_loss_weights, "Train net"):
                     log.info("%s", line)
                 notify(self.listeners, "on_display", self, self.smoothed_loss, outputs, per_s)
@@ -411,7 +465,6 @@ class Solver:
             if self.progress is not None:
                 self.progress.set_postfix(loss=f"{self.smoothed_loss:.4g}", refresh=False)
                 self.progress.update(1)
-            request = self.get_requested_action()
             if (p.snapshot and self.iter % p.snapshot == 0) or request in (signals.SNAPSHOT, signals.SNAPSHOT_STOP):
                 self.snapshot()
             if request in (signals.STOP, signals.SNAPSHOT_STOP):
@@ -431,22 +484,33 @@ class Solver:
                 return False
         return True
 
-    def _diverged(self, loss):
+    def _diverged(self, loss, bad_ranks=(0,)):
         """A NaN or Inf in the forward or backward pass: snapshot the weights as they were, say where, stop.
 
         The snapshot holds the weights and solver history from just before the
         failing update (nothing has been applied yet); its data position is the
-        batch after the one that failed.
+        batch after the one that failed.  With several ranks, the first rank
+        that failed looks for the layer, every rank stops, and the message
+        (printed by rank 0) names that rank.
         """
-        where = self.net.locate_nonfinite()
+        first = bad_ranks[0]
+        n = self.comm.size
+        where = self.net.locate_nonfinite() if self.comm.rank == first else None
+        if n > 1:
+            where = self.comm.bcast(where, root=first)
+            loss = float(self._grads.tail[first])
         detail = (f"the first non-finite value is the {where[2]} of layer {where[1]!r} ({where[0]} pass)"
                   if where else "the loss or a parameter gradient is not finite")
         try:
             saved = f"; the state just before it is saved in {self.snapshot()}"
         except Exception as e:  # the message about the NaN matters more than a failed snapshot
             saved = f"; the snapshot before it could not be written ({e})"
-        raise NumericalError(f"iteration {self.iter}: {detail} (training loss {loss}){saved}; lower base_lr "
-                             f"(now {fmt(self.param.base_lr)}) or set clip_gradients")
+        on = f" on rank {first}" + (f" (and {len(bad_ranks) - 1} more)" if len(bad_ranks) > 1 else "") \
+            if n > 1 else ""
+        err = NumericalError(f"iteration {self.iter}{on}: {detail} (training loss {loss}){saved}; lower "
+                             f"base_lr (now {fmt(self.param.base_lr)}) or set clip_gradients")
+        err.all_ranks = True     # every rank raises it: rank 0 alone reports it
+        raise err
 
     @staticmethod
     def _outputs(net):
@@ -480,6 +544,8 @@ class Solver:
             return
         if p.display and self.iter % p.display == 0:
             loss = self.net.Forward()
+            if self.comm.size > 1:
+                loss = float(self.comm.allreduce_sum(np.array([loss]))[0]) / self.comm.size
             self._update_smoothed_loss(loss, self._loss_start_iter, p.average_loss)
             log.info("Iteration %d, loss = %s", self.iter, fmt(self.smoothed_loss))
             notify(self.listeners, "on_display", self, self.smoothed_loss, [], None)
@@ -492,6 +558,8 @@ class Solver:
         """Run every test net (Caffe's TestAll); then plateau and early stopping look at the results."""
         self._pre_test_state = self._capture_state()
         try:
+            if self.comm.size > 1:
+                return self._test_all_ranks()
             for i in range(len(self.test_nets)):
                 if self.requested_early_exit:
                     break
@@ -505,6 +573,31 @@ class Solver:
         finally:
             self._pre_test_state = None
 
+    def _test_all_ranks(self):
+        """With several ranks, rank 0 alone tests (as Caffe's root solver) on the whole test set, so the
+        figures are the 1-process ones; the others wait for its scores and the requests that came while
+        it tested, then every rank runs the same monitors and takes the same snapshots."""
+        root = self.comm.is_root
+        self._test_requests = []
+        if root:
+            for i in range(len(self.test_nets)):
+                if self.requested_early_exit:
+                    break
+                self.test(i)
+        scores, stop, requests = self.comm.bcast((self.test_scores, self.requested_early_exit,
+                                                  self._test_requests) if root else None)
+        if not root:
+            self.test_scores = [[(n, float(v)) for n, v in s] for s in scores]
+            if requests:
+                self.get_requested_action()    # the launcher sent this rank the same signal: taken
+        self.requested_early_exit = stop
+        if any(r in (signals.SNAPSHOT, signals.SNAPSHOT_STOP) for r in requests):
+            self.snapshot()                    # records the state from before the test
+        if self.requested_early_exit:
+            self._restore_extra_state(self._pre_test_state, nets=False)
+            return
+        self._watch_monitors()
+
     def test(self, test_net_id=0):
         """Run test net ``test_net_id`` for its ``test_iter`` batches; log and return the mean outputs."""
         p = self.param
@@ -517,7 +610,9 @@ class Solver:
         for i in range(n):
             request = self.get_requested_action()
             while request != signals.NONE:
-                if request in (signals.SNAPSHOT, signals.SNAPSHOT_STOP):
+                if self.comm.size > 1:
+                    self._test_requests.append(request)   # snapshots are taken by all ranks after the test
+                elif request in (signals.SNAPSHOT, signals.SNAPSHOT_STOP):
                     self.snapshot()
                 if request in (signals.STOP, signals.SNAPSHOT_STOP):
                     self.requested_early_exit = True
@@ -581,14 +676,23 @@ class Solver:
     def snapshot(self, best=False):
         """Write PREFIX_iter_N.caffemodel and PREFIX_iter_N.solverstate (or their HDF5 forms)."""
         p = self.param
+        hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        # During a test the state to record is the one from before the test (see test_all).
+        extra = self._pre_test_state if self._pre_test_state is not None else self._capture_state()
+        if self.comm.size > 1:
+            # every rank calls this; rank 0 writes, with each rank's data positions and random states
+            nets = self.comm.gather(extra["train_net"])
+            if not self.comm.is_root:
+                return self._note_snapshot(best, self.snapshot_filename(".caffemodel.h5" if hdf5 else
+                                                                         ".caffemodel", best),
+                                           self.snapshot_filename(".solverstate.h5" if hdf5 else
+                                                                  ".solverstate", best))
+            extra = dict(extra, ranks={"size": self.comm.size, "train_nets": nets})
         directory = os.path.dirname(os.path.abspath(self.snapshot_prefix))
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create the snapshot directory {directory}: {e.strerror or e}") from None
-        hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
-        # During a test the state to record is the one from before the test (see test_all).
-        extra = self._pre_test_state if self._pre_test_state is not None else self._capture_state()
         try:
             if hdf5:
                 model = self.snapshot_filename(".caffemodel.h5", best)
@@ -609,6 +713,9 @@ class Solver:
         except OSError as e:
             raise ConfigError(f"cannot write snapshot {getattr(e, 'filename', None) or self.snapshot_prefix}: "
                               f"{e.strerror or e}") from None
+        return self._note_snapshot(best, model, state_file)
+
+    def _note_snapshot(self, best, model, state_file):
         if best:
             self.best_snapshot = (self.iter, model, state_file)
         else:
@@ -666,14 +773,21 @@ class Solver:
     def restore(self, state_file):
         """Continue from a .solverstate (or .solverstate.h5): weights, history, iteration, and all the rest."""
         state_file = os.fspath(state_file)
-        st = solver_state.read_state(state_file)
+        comm = self.comm
+        # with several ranks, rank 0 reads the files and hands them on (no shared file system needed)
+        st = solver_state.read_state(state_file) if comm.is_root else None
+        st = comm.bcast(st) if comm.size > 1 else st
         extra = st.extra
         if extra is not None and extra.get("type") and extra["type"] != self.type_name:
             raise ModelFileError(f"{state_file}: was written by a solver of type {extra['type']}; this solver's "
                                  f"type is {self.type_name}")
         self.check_history(st)            # before anything changes: a bad state leaves the solver as it was
         if st.learned_net:
-            self.net.copy_from(self._learned_net_path(st.learned_net, state_file))
+            if comm.is_root:
+                self.net.copy_from(self._learned_net_path(st.learned_net, state_file))
+            nc_comm.bcast_params(self.net, comm)
+        if extra is not None:
+            extra = self._this_ranks_state(extra, state_file)
         self.iter = st.iter
         self.current_step = st.current_step
         self.restore_history(st)
@@ -684,6 +798,19 @@ class Solver:
                      "states start afresh", state_file)
         self.requested_early_exit = False
         return st
+
+    def _this_ranks_state(self, extra, state_file):
+        """The state of this rank's train net: its own when the run had as many ranks, else rank 0's (the
+        data layers then start this rank's share from rank 0's position, so the data order changes)."""
+        ranks = extra.get("ranks") or {"size": 1}
+        n = self.comm.size
+        if ranks["size"] == n and "train_nets" in ranks:
+            return dict(extra, train_net=ranks["train_nets"][self.comm.rank])
+        if ranks["size"] != n:
+            log.warning("%s was written by a run of %d rank(s) and this run has %d: training continues, "
+                        "but the order of the data changes (each rank starts its share at rank 0's position)",
+                        state_file, ranks["size"], n)
+        return extra
 
     def check_history(self, st):
         expected = self.history_arrays()

@@ -86,6 +86,10 @@ def main(argv=None):
     if not args.command:
         parser.print_help()
         return 0
+    args.argv = argv
+    from numcaffe.net import comm
+    if comm.launcher_size() > 1:
+        return _run_rank(commands[args.command], args)
     try:
         status = commands[args.command].run(args)
     except NumcaffeError as e:
@@ -97,6 +101,48 @@ def main(argv=None):
         print("numcaffe: interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
+
+
+def _run_rank(command, args):
+    """One rank of an MPI job: a failure must end the whole job, reported once.
+
+    An error every rank raises together (a NaN the ranks agreed on) is printed
+    by rank 0 and every rank returns normally.  Any other failure may be this
+    rank's alone while the others wait in a collective, so the rank prints it
+    (naming itself) and leaves at once without MPI's finalize; the launcher
+    then ends the job.  Ranks other than 0 wait two seconds first: an error
+    that every rank meets (a bad config) is then reported by rank 0 alone.
+    """
+    import os
+    import time
+    import traceback
+    from numcaffe.net import comm
+    rank = comm.launcher_rank()
+    try:
+        return int(command.run(args) or 0)
+    except BaseException as e:
+        if isinstance(e, NumcaffeError) and getattr(e, "all_ranks", False):
+            if rank == 0:
+                print(f"numcaffe: error: {e}", file=sys.stderr)
+            return 1
+        if rank != 0:
+            time.sleep(2.0)
+        who = f"rank {rank}: " if rank else ""
+        if isinstance(e, SystemExit):
+            code = e.code if isinstance(e.code, int) else 1
+        elif isinstance(e, NumcaffeError) and not getattr(args, "debug", False):
+            print(f"numcaffe: error: {who}{e}", file=sys.stderr)
+            code = 1
+        elif isinstance(e, KeyboardInterrupt):
+            print(f"numcaffe: {who}interrupted", file=sys.stderr)
+            code = 130
+        else:
+            traceback.print_exc()
+            print(f"numcaffe: error: {who}{type(e).__name__}: {e}", file=sys.stderr)
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ def add_arguments(p):
                    help="accepted for Caffe compatibility (a test/time flag); train runs to the solver's max_iter")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar with ETA: auto (when stderr is a terminal and tqdm is installed)")
+    p.add_argument("--procs", type=int, default=0,
+                   help="train data-parallel on this many processes of this machine: numcaffe starts the "
+                        "mpiexec that pip installed (needs numcaffe[mpi]); see docs/mpi.md")
+    p.add_argument("--log_all_ranks", action="store_true",
+                   help="with several MPI ranks, every rank logs (by default only rank 0 does)")
     p.add_argument("--plot", default="",
                    help="also draw the training curves into this .png/.svg after every test and at the end, "
                         "so a long run can be watched (needs matplotlib)")
@@ -81,7 +86,21 @@ def run(args):
     from numcaffe.solvers import get_solver, read_solver_param
     from numcaffe.solvers.signals import SignalHandler, parse_action
 
+    from numcaffe.net import comm as nc_comm
+
+    if args.log_all_ranks:
+        os.environ["NUMCAFFE_LOG_ALL_RANKS"] = "1"
     log = get_logger("numcaffe.train")
+    if args.procs and args.procs < 0:
+        raise ConfigError(f"--procs must be a positive number of processes (got {args.procs})")
+    if args.procs > 1:
+        if nc_comm.launcher_size() > 1:
+            raise ConfigError("--procs starts its own mpiexec; under an MPI launcher, leave --procs out")
+        from numcaffe.tools.procs import launch
+        if not args.solver:
+            raise ConfigError("need a solver definition to train (--solver)")
+        return launch(args.procs, getattr(args, "argv", None) or ["train", "--solver", args.solver], log)
+    comm = nc_comm.world()    # under a launcher: which rank this is (and no mpi4py, no N separate runs)
     if not args.solver:
         raise ConfigError("need a solver definition to train (--solver)")
     if args.snapshot and args.weights:
@@ -114,7 +133,7 @@ def run(args):
     if args.plot:
         plot = LivePlot(args.plot)
         get_logger().addHandler(plot)
-    with SignalHandler(sigint, sighup) as handler:
+    with SignalHandler(sigint, sighup, launcher=comm.size > 1) as handler:
         solver = get_solver(param, source=args.solver)
         solver.set_action_function(handler.action)
         if args.snapshot:

@@ -185,14 +185,24 @@ class Reader:
     def key(self):
         return self._item()[0]
 
-    def read(self, n):
+    def read(self, n, stride=1):
+        """The next ``n`` records; with ``stride`` k, every k-th (a rank's share of k ranks)."""
         out = []
         for _ in range(n):
             out.append(self._item())
-            if not self._next():
-                self._first()  # Caffe: "Restarting data prefetching from start."
+            self._advance(stride)
         self._release_pages()
         return out
+
+    def skip(self, n):
+        """Pass over the next ``n`` records."""
+        self._advance(n)
+        self._release_pages()
+
+    def _advance(self, n):
+        for _ in range(n):
+            if not self._next():
+                self._first()  # Caffe: "Restarting data prefetching from start."
 
     def _release_pages(self):
         """Give back the memory-mapped pages read so far (LMDB); nothing to do for others."""

