@@ -25,6 +25,7 @@ ranks give bitwise identical weights (tests/solvers/test_mpi.py checks both).
 """
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -236,6 +237,8 @@ class GradientBuffer:
         self.count = total
         self.flat = np.zeros(total + self.extra, dtype=np.float32)
         self._attach(copy=True)
+        self.seconds = 0.0       # spent in the Allreduce (waiting for the slowest rank included)
+        self.calls = 0
 
     def _attach(self, copy):
         for b, off in zip(self.blobs, self.offsets):
@@ -261,7 +264,10 @@ class GradientBuffer:
             self._attach(copy=True)
         if self.comm.size == 1:
             return
+        start = time.perf_counter()
         self.comm.allreduce_sum(self.flat)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
         grads = self.flat[:self.count]
         grads *= np.float32(1.0 / self.comm.size)
 

@@ -536,6 +536,11 @@ class Solver:
                 self.step(p.max_iter - self.iter)
             finally:
                 self.progress = None
+        g = self._grads
+        if g.calls:
+            log.info("Allreduce of the gradients (%d floats, %.2f MB): %.3f ms per iteration over %d iterations "
+                     "(waiting for the slowest rank included)", g.flat.size, g.flat.nbytes / 1e6,
+                     1e3 * g.seconds / g.calls, g.calls)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0) \
                 and (self._last_snapshot or (None,))[0] != self.iter:
             self.snapshot()
