@@ -156,6 +156,7 @@ class Solver:
         self.test_scores = [[] for _ in self.test_nets]
         self.action_function = None
         self.listeners = []               # told what the log shows (solvers/listener.py)
+        self.callbacks = []              # pycaffe's solver.add_callback: (on_start, on_gradients_ready)
         self.progress = None
         self._pre_test_state = None
         self._test_requests = []         # signals rank 0 took while testing with several ranks
@@ -439,6 +440,8 @@ class Solver:
                     break
             display = p.display and self.iter % p.display == 0
             self.net.debug_info = bool(display and p.debug_info)
+            for on_start, _ in self.callbacks:
+                on_start()
             loss = 0.0
             for _ in range(p.iter_size):
                 loss += self.net.ForwardBackward()
@@ -460,6 +463,8 @@ class Solver:
                     log.info("%s", line)
                 notify(self.listeners, "on_display", self, self.smoothed_loss, outputs, per_s)
             notify(self.listeners, "on_gradients_ready", self)
+            for _, on_gradients_ready in self.callbacks:
+                on_gradients_ready()
             self.apply_update()
             self.iter += 1
             if self.progress is not None:
@@ -840,6 +845,15 @@ class Solver:
     @property
     def type(self):
         return self.type_name
+
+    def add_callback(self, on_start, on_gradients_ready=None):
+        """pycaffe's ``solver.add_callback``: ``on_start()`` before every iteration's passes and
+        ``on_gradients_ready()`` after them (the gradients already averaged over ranks), before the update.
+        One object with both methods (a ``caffe.NCCL``) may be given instead."""
+        if on_gradients_ready is None:
+            obj = on_start
+            on_start, on_gradients_ready = obj.on_start, obj.on_gradients_ready
+        self.callbacks.append((on_start, on_gradients_ready))
 
     def share_weights(self, net):
         """pycaffe's ``solver.share_weights(net)``: ``net`` computes with this solver's trained weights."""

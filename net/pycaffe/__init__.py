@@ -13,14 +13,19 @@ as ``numcaffe draw`` does.
 
 The submodules are Caffe's (python/caffe/): ``pycaffe`` (Net, the solvers, the
 mode and device functions), ``io``, ``net_spec``, ``classifier``, ``draw`` and
-``proto`` (``from numcaffe.net.pycaffe.proto import caffe_pb2`` works).
+``proto`` (``from numcaffe.net.pycaffe.proto import caffe_pb2`` works), and
+``parallel``: multi-device training as MPI ranks (``solver_count``, ``solver_rank``,
+``set_solver_count``, ``set_solver_rank``, ``set_multiprocess``, ``caffe.NCCL``; with
+``solver.add_callback`` and the nets' ``before_forward`` ... ``after_backward``
+callbacks); run such a script with ``mpiexec -n N python script.py``, one solver per
+rank (docs/mpi.md).
 
 ``coord_map`` (``from numcaffe.net.pycaffe.coord_map import crop``) aligns tops for FCN-style
 crops; ``Detector`` classifies image windows; ``Timer``, ``init_log``, ``log``, ``has_nccl``
 (False) and ``__version__`` (numcaffe's) are pycaffe's too.
 
-Not provided: GPU and multi-GPU parts (``NCCL``, ``solver.add_callback``, ``solver_count`` & co.)
-and pydot's ``get_pydot_graph``.
+Not provided: GPU parts (``has_nccl()`` stays False: ``NCCL`` here joins MPI ranks, not GPUs) and
+pydot's ``get_pydot_graph``.
 """
 from numcaffe.net.pycaffe.pycaffe import (TEST, TRAIN, AdaDeltaSolver, AdaGradSolver, AdamSolver, Blob, Layer,
                                           NesterovSolver, Net, RMSPropSolver, SGDSolver, Timer, get_solver,
@@ -30,12 +35,15 @@ from numcaffe.net.pycaffe.classifier import Classifier
 from numcaffe.net.pycaffe.detector import Detector
 from numcaffe.net.pycaffe import draw, io, proto
 from numcaffe.net.pycaffe.net_spec import NetSpec, layers, params, to_proto
+from numcaffe.net.pycaffe.parallel import (NCCL, set_multiprocess, set_solver_count, set_solver_rank,
+                                           solver_count, solver_rank)
 
 __all__ = ["Net", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
            "Layer", "Blob", "NetSpec", "layers", "params", "to_proto", "get_solver", "SGDSolver",
            "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "proto",
            "io", "draw", "Classifier", "Detector", "layer_type_list", "has_nccl", "Timer", "init_log", "log",
-           "__version__"]
+           "__version__", "NCCL", "solver_count", "solver_rank", "set_solver_count", "set_solver_rank",
+           "set_multiprocess"]
 
 
 def _version():

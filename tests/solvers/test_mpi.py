@@ -256,3 +256,37 @@ def test_a_nan_on_one_rank_stops_every_rank_naming_layer_iteration_and_rank(job)
                                 "top blob 'ip' data of layer 'ip' (forward pass)"), errors[0]
     assert "snap/x_iter_1.solverstate" in errors[0]
     assert sorted(os.listdir(d / "snap")) == ["x_iter_1.caffemodel", "x_iter_1.solverstate"]
+
+
+PYCAFFE_SCRIPT = '''
+import os
+import numcaffe.net.pycaffe as caffe
+
+
+def solve(proto, rank, count):
+    # python/train.py's solve(), with only the import changed
+    caffe.set_solver_count(count)
+    caffe.set_solver_rank(rank)
+    caffe.set_multiprocess(True)
+    solver = caffe.SGDSolver(proto)
+    nccl = caffe.NCCL(solver, caffe.NCCL.new_uid())
+    nccl.bcast()
+    solver.add_callback(nccl)
+    if solver.param.layer_wise_reduce:
+        solver.net.after_backward(nccl)
+    solver.step(solver.param.max_iter)
+
+
+solve("p.prototxt", int(os.environ["OMPI_COMM_WORLD_RANK"]), int(os.environ["OMPI_COMM_WORLD_SIZE"]))
+'''
+
+
+def test_a_pycaffe_nccl_loop_under_mpiexec_trains_as_numcaffe_train_procs(job, runs):
+    from numcaffe.tools.procs import command
+    (job / "p.py").write_text(PYCAFFE_SCRIPT)
+    solver_file(job, "p", 8, "p/run")
+    cmd, env, _ = command(2, [], os.environ)
+    cmd = cmd[:cmd.index(sys.executable)] + [sys.executable, "p.py"]
+    res = subprocess.run(cmd, cwd=job, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (job / "p/run_iter_50.caffemodel").read_bytes() == (job / "a/run_iter_50.caffemodel").read_bytes()
