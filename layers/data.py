@@ -11,6 +11,10 @@ A relative ``source`` is looked up in the working directory (Caffe's rule) and
 then next to the net's config file.  Batches are prefetched on a background
 thread; ``get_state()`` names the key and random state of the next batch, so a
 resumed run reads exactly the batches the uninterrupted run would have.
+
+Trained over several MPI ranks, rank r of N reads records r, r + N, ... of the
+stream (Caffe's DataLayer::Skip), so the ranks' batches together are one
+process's batch of N x batch_size; test nets read everything (net/comm.py).
 """
 import numpy as np
 

@@ -8,7 +8,9 @@ needed, so a batch may span files.  With ``shuffle`` the file order is
 permuted at setup and at every pass over the files, and the rows of a file
 whenever it is loaded or its rows have all been read.  Values are read as
 float32 and no transformation is applied (Caffe's rule).  A file is loaded
-whole, as in Caffe; batches are prefetched on a background thread.
+whole, as in Caffe; batches are prefetched on a background thread.  Over N MPI
+ranks (training only) rank r takes rows r, r + N, ... of that stream, every
+rank drawing the same permutations (Caffe's HDF5DataLayer::Skip).
 
 HDF5Output (Caffe's HDF5OutputLayer): writes its two bottoms to datasets
 ``data`` and ``label`` of ``file_name``, which is created (truncated) at

@@ -10,6 +10,10 @@ Caffe's channel order) or grey (``is_color: false``), resized to
 epoch with the layer's generator; ``rand_skip`` skips a random number of
 leading lines.  Tops: data (batch_size, C, H, W) and label (batch_size,).
 
+Over N MPI ranks (training only), rank r takes items r, r + N, ... of the
+(shuffled) list: every rank draws the same shuffles, from a generator of
+their own that the transforms do not advance, and deals them.
+
 Relative paths resolve against the working directory, then the config
 file's directory.  Without resizing, the images of one batch must share a size.
 """

@@ -5,7 +5,9 @@ labels)``) gives the layer an (N, channels, height, width) float array and N
 labels, N a multiple of ``batch_size``; every forward pass emits the next
 ``batch_size`` rows and labels, wrapping around.  As in Caffe the arrays are
 used as given, without ``transform_param``; numcaffe keeps a reference (a
-float32 C-contiguous array is not copied).  Tops: data and label.
+float32 C-contiguous array is not copied).  Tops: data and label.  Over N MPI
+ranks (training only) every rank is given the same arrays and rank r emits rows
+r, r + N, ... (any number of rows then works).
 """
 import numpy as np
 

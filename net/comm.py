@@ -162,8 +162,10 @@ def world():
 
 
 def _quiet_non_root():
-    """Ranks other than 0 log nothing, unless NUMCAFFE_LOG_ALL_RANKS=1 (``train --log_all_ranks``)."""
-    if os.environ.get("NUMCAFFE_LOG_ALL_RANKS", "").strip() in ("1", "true", "yes"):
+    """Ranks other than 0 log nothing, unless asked: NUMCAFFE_LOG_ALL_RANKS=1 (``train --log_all_ranks``)
+    or an explicit GLOG_minloglevel (every rank then logs at that level, as glog would)."""
+    if os.environ.get("NUMCAFFE_LOG_ALL_RANKS", "").strip() in ("1", "true", "yes") \
+            or os.environ.get("GLOG_minloglevel", "").strip():
         return
     import logging
     from numcaffe.net.log import get_logger
@@ -260,10 +262,10 @@ class GradientBuffer:
 
     def reduce(self):
         """Sum the buffer over ranks (in place) and divide the gradients by the number of ranks."""
-        if not self.attached():
-            self._attach(copy=True)
         if self.comm.size == 1:
             return
+        if not self.attached():
+            self._attach(copy=True)
         start = time.perf_counter()
         self.comm.allreduce_sum(self.flat)
         self.seconds += time.perf_counter() - start

@@ -25,6 +25,12 @@ positions, smoothed loss, policy counters), so that restoring it continues
 the identical run.  Tests that are interrupted by a signal are rolled back,
 and snapshots taken while testing record the state from before the test, so
 that a resumed run repeats exactly the test the interrupted one began.
+
+Data parallel over MPI ranks (net/comm.py, docs/mpi.md): the same loop on
+every rank, with one Allreduce of the flat gradient buffer between the passes
+and the update (``_reduce_gradients``), which also agrees on the loss, NaNs and
+signals; rank 0 alone tests (the others wait for its scores) and writes
+snapshots, which hold every rank's data position and random state.
 """
 import math
 import os
@@ -186,21 +192,22 @@ class Solver:
 
     def _reduce_gradients(self, loss, request):
         """Average the gradients over ranks; returns (global loss, ranks whose loss or gradients are not
-        finite, the agreed request).  With one rank nothing moves but the bookkeeping is the same."""
+        finite, the agreed request).  With one rank there is nothing to exchange or agree on."""
         n, r = self.comm.size, self.comm.rank
+        finite = math.isfinite(loss) and self._gradients_finite()
+        if n == 1:
+            return loss, ([] if finite else [0]), request
         tail = self._grads.tail
         tail[:] = 0.0
         tail[r] = loss
-        finite = math.isfinite(loss) and self._gradients_finite()
         tail[n + r] = 0.0 if finite else 1.0
         tail[2 * n] = request in (signals.SNAPSHOT, signals.SNAPSHOT_STOP)
         tail[2 * n + 1] = request in (signals.STOP, signals.SNAPSHOT_STOP)
         self._grads.reduce()
-        if n > 1:
-            loss = float(np.sum(tail[:n], dtype=np.float64)) / n
-            snap, stop = tail[2 * n] > 0, tail[2 * n + 1] > 0
-            request = (signals.SNAPSHOT_STOP if snap and stop else signals.SNAPSHOT if snap
-                       else signals.STOP if stop else signals.NONE)
+        loss = float(np.sum(tail[:n], dtype=np.float64)) / n
+        snap, stop = tail[2 * n] > 0, tail[2 * n + 1] > 0
+        request = (signals.SNAPSHOT_STOP if snap and stop else signals.SNAPSHOT if snap
+                   else signals.STOP if stop else signals.NONE)
         bad = [i for i in range(n) if tail[n + i] != 0]
         return loss, bad, request
 

@@ -290,3 +290,17 @@ def test_a_pycaffe_nccl_loop_under_mpiexec_trains_as_numcaffe_train_procs(job, r
     res = subprocess.run(cmd, cwd=job, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (job / "p/run_iter_50.caffemodel").read_bytes() == (job / "a/run_iter_50.caffemodel").read_bytes()
+
+
+def test_one_process_resumes_a_two_rank_state_with_a_warning(job, runs, numcaffe_log, monkeypatch):
+    from numcaffe.solvers import get_solver
+    monkeypatch.chdir(job)
+    solver = get_solver(str(job / "a.prototxt"))
+    solver.restore(str(job / "a/run_iter_25.solverstate"))
+    assert solver.iter == 25
+    assert any("written by a run of 2 rank(s) and this run has 1" in m and "order of the data changes" in m
+               for m in numcaffe_log.messages)
+    np.testing.assert_array_equal(np.concatenate([b.data.ravel() for b in solver.net.learnable_params]),
+                                  weights(job / "a/run_iter_25.caffemodel").astype(np.float32))
+    solver.step(2)
+    assert solver.iter == 27
