@@ -147,8 +147,9 @@ class Solver:
         for net in self.test_nets:
             # Caffe shares at every test; sharing now as well lets solver.test_nets[i] be used at any time.
             net.share_trained_layers_with(self.net)
-        for w in self.param.weights:
-            self.copy_weights(w)
+        if self.comm.is_root:             # the other ranks take rank 0's weights (_init_distributed)
+            for w in self.param.weights:
+                self.copy_weights(w)
         self._init_distributed()
         log.info("Solver scaffolding done.")
         self.iter = 0

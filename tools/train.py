@@ -129,7 +129,7 @@ def run(args):
     if args.iterations is not None:
         log.warning("--iterations %d ignored: train runs to the solver's max_iter (%d)", args.iterations,
                     param.max_iter)
-    progress = {"auto": None, "on": True, "off": False}[args.progress]
+    progress = {"auto": None, "on": True, "off": False}[args.progress] if comm.is_root else False
     if args.plot:
         plot = LivePlot(args.plot)
         get_logger().addHandler(plot)
