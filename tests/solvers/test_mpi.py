@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from numcaffe.net.db import array_datum, open_writer
+from numcaffe.net.data.db import array_datum, open_writer
 from numcaffe.net.proto import caffe_pb2
 
 NET = """
