@@ -304,3 +304,28 @@ def test_one_process_resumes_a_two_rank_state_with_a_warning(job, runs, numcaffe
                                   weights(job / "a/run_iter_25.caffemodel").astype(np.float32))
     solver.step(2)
     assert solver.iter == 27
+
+
+def test_an_error_in_one_rank_ends_the_job_with_one_line_naming_the_rank(job):
+    d = job / "corrupt"
+    os.makedirs(d, exist_ok=True)
+    with open_writer(str(d / "lmdb"), "lmdb") as w:
+        for i in range(16):
+            value = b"\xff\xff not a Datum" if i == 5 else array_datum(np.zeros((3, 1, 1), np.float32), 0)\
+                .SerializeToString()
+            w.put(f"{i:04d}".encode(), value)
+    (d / "net.prototxt").write_text("""
+      layer { name: "data" type: "Data" top: "data" top: "label"
+              data_param { source: "lmdb" batch_size: 2 backend: LMDB } }
+      layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.1 } } }
+      layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }""")
+    (d / "solver.prototxt").write_text('net: "net.prototxt" base_lr: 0.1 lr_policy: "fixed" max_iter: 10 '
+                                       'display: 1 snapshot_prefix: "snap/x" random_seed: 3 solver_mode: CPU')
+    start = time.monotonic()
+    res = train(d, "solver.prototxt")
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("numcaffe: error")]
+    assert res.returncode != 0
+    assert len(errors) == 1 and errors[0].startswith("numcaffe: error: rank 1: "), res.stderr[-3000:]
+    assert "'0005'" in errors[0]                       # the record that rank 1 could not read
+    assert time.monotonic() - start < 120
