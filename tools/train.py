@@ -109,8 +109,9 @@ def run(args):
     sighup = parse_action(args.sighup_effect, "--sighup_effect")
     tensorboard = None
     if args.tensorboard:
-        from numcaffe.solvers.tensorboard import TensorBoardWriter
-        tensorboard = TensorBoardWriter(args.tensorboard, histograms=args.tensorboard_histograms)
+        if comm.is_root:      # with several MPI ranks, one writer: rank 0, which logs
+            from numcaffe.solvers.tensorboard import TensorBoardWriter
+            tensorboard = TensorBoardWriter(args.tensorboard, histograms=args.tensorboard_histograms)
     elif args.tensorboard_histograms:
         raise ConfigError("--tensorboard-histograms needs --tensorboard DIR")
     param = read_solver_param(args.solver)
@@ -130,6 +131,8 @@ def run(args):
         log.warning("--iterations %d ignored: train runs to the solver's max_iter (%d)", args.iterations,
                     param.max_iter)
     progress = {"auto": None, "on": True, "off": False}[args.progress] if comm.is_root else False
+    if args.plot and not comm.is_root:
+        args.plot = ""        # rank 0 draws
     if args.plot:
         plot = LivePlot(args.plot)
         get_logger().addHandler(plot)

@@ -94,8 +94,8 @@ def weights(path):
 def runs(job):
     """Two identical 2-rank runs of 50 iterations (snapshots at 25 and 50) and the 1-process run at batch 16."""
     out = {}
-    for name in ("a", "b"):
-        out[name] = train(job, solver_file(job, name, 8, f"{name}/run"))
+    for name, extra in (("a", ()), ("b", ("--tensorboard", "tb_b"))):
+        out[name] = train(job, solver_file(job, name, 8, f"{name}/run"), *extra)
         assert out[name].returncode == 0, out[name].stderr[-3000:]
     out["one"] = train(job, solver_file(job, "one", 16, "one/run"), procs=1)
     assert out["one"].returncode == 0, out["one"].stderr[-3000:]
@@ -151,6 +151,7 @@ def test_rank_0_alone_writes_and_logs(job, runs):
     assert log.count("Snapshotting to binary proto file a/run_iter_25.caffemodel") == 1
     assert log.count("Network initialization done.") == 2        # rank 0's train and test nets
     assert "Data parallel over 2 ranks" in log
+    assert len(os.listdir(job / "tb_b")) == 1             # run b's TensorBoard events: rank 0's writer alone
 
 
 def test_resume_under_mpi_is_bitwise_identical(job, runs):
