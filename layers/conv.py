@@ -11,9 +11,7 @@ Deconvolution is the same pair run backwards (weights ``(C, M/g, *kernel)``)::
 
     y = col2im(W[g].T @ x[g]) + b;  dx[g] = W[g] @ im2col(dy)[g];  dW[g] += x[g] @ im2col(dy)[g].T
 
-Output sizes are Caffe's: convolution ``(in + 2 pad - ext) / stride + 1`` with
-C's truncating division, deconvolution ``stride (in - 1) + ext - 2 pad``, where
-``ext = dilation (kernel - 1) + 1``.
+Parameters and output sizes are Caffe's (layers/geometry.py).
 
 How the work is laid out (measured on LeNet, see bench/bench_conv.py; the
 copies themselves are in layers/im2col.py):
@@ -52,8 +50,9 @@ import numpy as np
 from numcaffe.layers.base import Layer, register
 from numcaffe.layers.depthwise import (depthwise_backward, depthwise_backward_s1, depthwise_forward,
                                        depthwise_forward_s1)
-from numcaffe.layers.im2col import (NO_BIAS, Im2colGeometry, add_bias, bias_grad, c_div, col2im_nhwc, from_cols,
-                                    from_rows, im2col_nhwc, spatial_params, to_cols, to_rows)
+from numcaffe.layers.geometry import conv_output_shape, conv_window
+from numcaffe.layers.im2col import (NO_BIAS, Im2colGeometry, add_bias, bias_grad, col2im_nhwc, from_cols, from_rows,
+                                    im2col_nhwc, to_cols, to_rows)
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.filler import fill
@@ -151,7 +150,7 @@ class BaseConvolutionLayer(Layer):
         p = self.layer_param.convolution_param
         self.channel_axis = bottom[0].canonical_axis(p.axis)
         self.num_spatial = bottom[0].num_axes - self.channel_axis - 1
-        self.kernel, self.stride, self.pad, self.dilation = spatial_params(self, p, self.num_spatial)
+        self.kernel, self.stride, self.pad, self.dilation = conv_window(self, p, self.num_spatial)
         self.force_nd = p.force_nd_im2col
         self.channels = bottom[0].shape[self.channel_axis]
         self.num_output = p.num_output
@@ -184,16 +183,6 @@ class BaseConvolutionLayer(Layer):
         self.buffers = _Scratch()
         self._geometry_key = None
 
-    def output_spatial(self, in_shape):
-        out = []
-        for i, n in enumerate(in_shape):
-            ext = self.dilation[i] * (self.kernel[i] - 1) + 1
-            if self.reverse:
-                out.append(self.stride[i] * (n - 1) + ext - 2 * self.pad[i])
-            else:
-                out.append(c_div(n + 2 * self.pad[i] - ext, self.stride[i]) + 1)
-        return out
-
     def Reshape(self, bottom, top):
         b0 = bottom[0]
         ax = self.channel_axis
@@ -206,7 +195,8 @@ class BaseConvolutionLayer(Layer):
             if b.shape != b0.shape:
                 raise self.shape_error(f"all inputs must have the same shape; got {b0.shape} and {b.shape}")
         in_spatial = list(b0.shape[ax + 1:])
-        out_spatial = self.output_spatial(in_spatial)
+        out_spatial = conv_output_shape(in_spatial, self.kernel, self.stride, self.pad, self.dilation,
+                                        reverse=self.reverse)
         if any(o <= 0 for o in out_spatial):
             raise self.shape_error(f"input of spatial shape {tuple(in_spatial)} gives output "
                                    f"{tuple(out_spatial)} with kernel {self.kernel}, stride "

@@ -21,20 +21,9 @@ that stay in L1 while all taps pass over them.
 import numpy as np
 from numba import njit
 
+from numcaffe.layers.geometry import output_range
+
 CHUNK = 2048  # output elements per piece: accumulator + one tap's input = 16 KB, inside L1
-
-
-@njit(cache=True)
-def output_range(n_out, stride, offset, size):
-    """The outputs o in [lo, hi) whose input o * stride + offset lies in [0, size)."""
-    lo = 0
-    if offset < 0:
-        lo = (-offset + stride - 1) // stride
-    hi = 0
-    if size - offset > 0:
-        hi = (size - offset + stride - 1) // stride
-    hi = min(hi, n_out)
-    return min(lo, hi), hi
 
 
 @njit(cache=True, nogil=True)

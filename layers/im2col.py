@@ -24,15 +24,13 @@ im2col writes the columns of a batch; col2im adds columns back into images
   (a plain run-by-run copy measured 5-17x slower with signed indices; LeNet's
   conv2 im2col: 1.6 ms through the table, 0.64 ms by runs, 0.25 ms NHWC).
 
-Output sizes are Caffe's: ``(in + 2 pad - ext) / stride + 1`` with C's
-truncating division, ``ext = dilation (kernel - 1) + 1``.
+Parameters and output sizes are Caffe's (layers/geometry.py).
 """
 import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import Layer, register
-from numcaffe.layers.depthwise import output_range as _valid_range
-from numcaffe.net.errors import ConfigError
+from numcaffe.layers.geometry import conv_output_shape, conv_window, output_range
 
 #: The bias argument of the layout kernels when there is none.
 NO_BIAS = np.zeros(1, dtype=np.float32)
@@ -152,16 +150,16 @@ def col2im(col, rs, ns, N, C, isize, KK, P, table, img):
 @njit(cache=True, nogil=True)
 def im2col_2d(img, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, rs, ns):
     """im2col for two spatial axes: each (channel, tap, output row) is one run of input pixels
-    (contiguous for stride 1), the padding clipped off each run's ends with _valid_range."""
+    (contiguous for stride 1), the padding clipped off each run's ends with output_range."""
     for n in range(N):
         for c in range(C):
             src0 = (n * C + c) * H * W
             for i in range(kh):
                 hoff = i * dh - ph
-                hlo, hhi = _valid_range(Ho, sh, hoff, H)
+                hlo, hhi = output_range(Ho, sh, hoff, H)
                 for j in range(kw):
                     woff = j * dw - pw
-                    wlo, whi = _valid_range(Wo, sw, woff, W)
+                    wlo, whi = output_range(Wo, sw, woff, W)
                     dst0 = ((c * kh + i) * kw + j) * rs + n * ns
                     _zero(col, dst0, hlo * Wo)
                     _zero(col, dst0 + hhi * Wo, (Ho - hhi) * Wo)
@@ -186,10 +184,10 @@ def col2im_2d(col, rs, ns, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, i
             _zero(img, dst0, H * W)
             for i in range(kh):
                 hoff = i * dh - ph
-                hlo, hhi = _valid_range(Ho, sh, hoff, H)
+                hlo, hhi = output_range(Ho, sh, hoff, H)
                 for j in range(kw):
                     woff = j * dw - pw
-                    wlo, whi = _valid_range(Wo, sw, woff, W)
+                    wlo, whi = output_range(Wo, sw, woff, W)
                     src0 = ((c * kh + i) * kw + j) * rs + n * ns + wlo
                     d0 = dst0 + hoff * W + woff + wlo * sw
                     for oh in range(hlo, hhi):
@@ -288,7 +286,7 @@ def im2col_nhwc(img, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col):
             for ow in range(Wo):
                 d0 = ((n * Ho + oh) * Wo + ow) * K
                 w0 = ow * sw - pw
-                jlo, jhi = _valid_range(kw, dw, w0, W)
+                jlo, jhi = output_range(kw, dw, w0, W)
                 for i in range(kh):
                     h = oh * sh - ph + i * dh
                     d = d0 + i * kw * C
@@ -315,7 +313,7 @@ def col2im_nhwc(col, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img):
             for ow in range(Wo):
                 s0 = ((n * Ho + oh) * Wo + ow) * K
                 w0 = ow * sw - pw
-                jlo, jhi = _valid_range(kw, dw, w0, W)
+                jlo, jhi = output_range(kw, dw, w0, W)
                 for i in range(kh):
                     h = oh * sh - ph + i * dh
                     if h < 0 or h >= H:
@@ -327,55 +325,6 @@ def col2im_nhwc(col, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img):
                     else:
                         for j in range(jlo, jhi):
                             _add_to(img, d + j * dw * C, 1, col, s + j * C, C)
-
-
-# ---------------------------------------------------------------------------
-# Parameters.
-# ---------------------------------------------------------------------------
-
-def c_div(a, b):
-    """Integer division truncating toward zero, as C's ``/``."""
-    q = abs(a) // b
-    return q if a >= 0 else -q
-
-
-def spatial_params(layer, p, num_spatial):
-    """(kernel, stride, pad, dilation) lists from a ConvolutionParameter, Caffe's rules."""
-    where = layer.describe()
-
-    def per_axis(name, values, default):
-        n = len(values)
-        if n == 0 and default is not None:
-            return [default] * num_spatial
-        if n not in (1, num_spatial):
-            raise ConfigError(f"{where}: {name} must be given once, or once per spatial axis "
-                              f"({name} given {n} times; {num_spatial} spatial axes)")
-        return [int(values[0 if n == 1 else i]) for i in range(num_spatial)]
-
-    def legacy(name, h, w, values, default):
-        if p.HasField(h) or p.HasField(w):
-            if num_spatial != 2:
-                raise ConfigError(f"{where}: {h} and {w} can only be used for 2-D convolution "
-                                  f"(this input has {num_spatial} spatial axes)")
-            if len(values):
-                raise ConfigError(f"{where}: give either {name} or {h}/{w}, not both")
-            if name == "kernel_size" and not (p.HasField(h) and p.HasField(w)):
-                raise ConfigError(f"{where}: a non-square kernel needs both kernel_h and kernel_w")
-            return [int(getattr(p, h)), int(getattr(p, w))]
-        return per_axis(name, values, default)
-
-    if num_spatial == 0:
-        return [], [], [], []
-    if not p.HasField("kernel_h") and not p.HasField("kernel_w") and not len(p.kernel_size):
-        raise ConfigError(f"{where}: kernel_size (or kernel_h and kernel_w) is required")
-    kernel = legacy("kernel_size", "kernel_h", "kernel_w", p.kernel_size, None)
-    stride = legacy("stride", "stride_h", "stride_w", p.stride, 1)
-    pad = legacy("pad", "pad_h", "pad_w", p.pad, 0)
-    dilation = per_axis("dilation", p.dilation, 1)
-    for name, vals in (("kernel size", kernel), ("stride", stride), ("dilation", dilation)):
-        if any(v <= 0 for v in vals):
-            raise ConfigError(f"{where}: {name} must be positive, got {vals}")
-    return kernel, stride, pad, dilation
 
 
 class Im2colGeometry:
@@ -448,7 +397,7 @@ class Im2colLayer(Layer):
         if self.num_spatial < 1:
             raise self.shape_error(f"needs at least one spatial axis after the channel axis; "
                                    f"got shape {bottom[0].shape}")
-        self.kernel, self.stride, self.pad, self.dilation = spatial_params(self, p, self.num_spatial)
+        self.kernel, self.stride, self.pad, self.dilation = conv_window(self, p, self.num_spatial)
         self.force_nd = p.force_nd_im2col
         self._key = None
 
@@ -460,10 +409,7 @@ class Im2colLayer(Layer):
         if top[0] is b:
             raise self.shape_error("cannot run in place")
         ins = list(b.shape[ax + 1:])
-        outs = []
-        for i, n in enumerate(ins):
-            ext = self.dilation[i] * (self.kernel[i] - 1) + 1
-            outs.append(c_div(n + 2 * self.pad[i] - ext, self.stride[i]) + 1)
+        outs = conv_output_shape(ins, self.kernel, self.stride, self.pad, self.dilation)
         if any(o <= 0 for o in outs):
             raise self.shape_error(f"input of spatial shape {tuple(ins)} gives output {tuple(outs)}")
         C = b.shape[ax]

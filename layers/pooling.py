@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import Layer, register
-from numcaffe.layers.depthwise import output_range
+from numcaffe.layers.geometry import output_range, pool_window, pooled_size
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.proto import caffe_pb2
@@ -307,20 +307,6 @@ def stochastic_pool_test_backward(x, y, dy, planes, H, W, kh, kw, sh, sw, Ho, Wo
                         dx[src + h * W + w] += dy[o] * (2 * x[src + h * W + w] - y[o]) / s1
 
 
-def pooled_size(n, k, s, p, ceil_mode=True, padded=None):
-    """Caffe's pooled output size along one axis.
-
-    When the layer is ``padded`` (either axis has a pad; default: this axis does) the
-    last window must start inside the padded image, else it is dropped -- Caffe checks
-    this on both axes as soon as pad_h or pad_w is non-zero.
-    """
-    r = (n + 2 * p - k) / s
-    out = (math.ceil(r) if ceil_mode else math.floor(r)) + 1
-    if (p if padded is None else padded) and (out - 1) * s >= n + p:
-        out -= 1
-    return out
-
-
 @register("Pooling")
 class PoolingLayer(Layer):
     """MAX / AVE / STOCHASTIC pooling over (N, C, H, W); optional second top = MAX's argmax mask."""
@@ -334,27 +320,9 @@ class PoolingLayer(Layer):
         where = self.describe()
         self.method = p.pool
         self.global_pooling = p.global_pooling
-        has_k = p.HasField("kernel_size")
-        has_hw = p.HasField("kernel_h") and p.HasField("kernel_w")
-        if self.global_pooling:
-            if has_k or p.HasField("kernel_h") or p.HasField("kernel_w"):
-                raise ConfigError(f"{where}: with global_pooling the kernel size cannot be given")
-        elif has_k == has_hw or (not has_k and (p.HasField("kernel_h") != p.HasField("kernel_w"))):
-            raise ConfigError(f"{where}: give kernel_size, or both kernel_h and kernel_w (not both forms)")
-        if p.HasField("pad_h") != p.HasField("pad_w") or (p.HasField("pad") and p.HasField("pad_h")):
-            raise ConfigError(f"{where}: give pad, or both pad_h and pad_w")
-        if p.HasField("stride_h") != p.HasField("stride_w") or (p.HasField("stride") and p.HasField("stride_h")):
-            raise ConfigError(f"{where}: give stride, or both stride_h and stride_w")
-        if not self.global_pooling:
-            self.kh, self.kw = (p.kernel_size, p.kernel_size) if has_k else (p.kernel_h, p.kernel_w)
-            if self.kh <= 0 or self.kw <= 0:
-                raise ConfigError(f"{where}: kernel size must be positive")
-        self.ph, self.pw = (p.pad_h, p.pad_w) if p.HasField("pad_h") else (p.pad, p.pad)
-        self.sh, self.sw = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride, p.stride)
-        if self.sh <= 0 or self.sw <= 0:
-            raise ConfigError(f"{where}: stride must be positive")
-        if self.global_pooling and (self.ph or self.pw or self.sh != 1 or self.sw != 1):
-            raise ConfigError(f"{where}: with global_pooling only pad 0 and stride 1 are allowed")
+        kernel, (self.sh, self.sw), (self.ph, self.pw) = pool_window(self, p)
+        if kernel is not None:
+            self.kh, self.kw = kernel
         if self.ph or self.pw:
             if self.method not in (PP.MAX, PP.AVE):
                 raise ConfigError(f"{where}: padding is implemented only for MAX and AVE pooling")
