@@ -11,48 +11,36 @@ Deconvolution is the same pair run backwards (weights ``(C, M/g, *kernel)``)::
 
     y = col2im(W[g].T @ x[g]) + b;  dx[g] = W[g] @ im2col(dy)[g];  dW[g] += x[g] @ im2col(dy)[g].T
 
-Parameters and output sizes are Caffe's (layers/geometry.py).
+Parameters and output sizes are Caffe's (layers/geometry.py).  Which path a
+convolution runs for which shape, and the measurements that chose it, is
+``choose_layout``; each path is a pair of ``_forward_<path>`` /
+``_backward_<path>`` methods over the kernels of layers/im2col.py (column copies
+and layout transposes) or layers/depthwise.py.  A faster path is a second
+module-level kernel next to the plain one, chosen by shape: in
+``choose_layout`` when it changes the layout, else inside its path (as the
+stride-1 depthwise kernels are).
 
-How the work is laid out (measured on LeNet, see bench/bench_conv.py; the
-copies themselves are in layers/im2col.py):
-
-* Images with many output positions (``P >= PER_IMAGE_MIN_P``) get one GEMM
-  each, as in Caffe, but through numpy's stacked matmul (one call for the
-  batch) writing straight into the NCHW top.  Images with few positions are
-  batched into one column matrix and one GEMM per chunk.  With one group and
-  two axes (LeNet's conv2) the columns are ``(N * P, K)`` rows of NHWC pixels
-  ordered (kernel row, kernel column, channel), so each kernel row is one run
-  of ``kw * C`` pixels, and the three GEMMs take the forms OpenBLAS runs
-  fastest here (``col @ W.T``, ``dy.T @ col``, ``dy @ W``: 4.0 against 4.6 ms
-  for the ``(K, N * P)`` layout); jitted transposes to and from NCHW.
-  Otherwise, and when the weights are big (``SMALL_WEIGHTS``: the NHWC layout
-  pays weight-sized transposes, dearer than the GEMMs for ResNet's res5 at
-  batch 1), ``(K, N * P)`` columns.  Groups are one stacked matmul, never a loop.
-* Columns and other scratch arrays live in one workspace per thread, shared
-  by all convolution layers (grown as needed, freed with the last layer);
-  batches whose columns exceed ``COL_LIMIT`` elements run in chunks of images.  When one chunk holds the
-  whole batch and no other layer has used the column buffer since, backward
+* Columns and other scratch arrays live in the thread's workspace
+  (layers/workspace.py), shared by all convolution layers; batches whose columns
+  exceed ``COL_LIMIT`` elements run in chunks of images.  When one chunk holds
+  the whole batch and no other layer has used the column buffer since, backward
   reuses forward's columns for the weight gradient (in a chain of convolutions,
-  the last one).  (Smaller, cache-sized chunks were measured on LeNet:
-  no gain that stood out of the noise.)
-* Depthwise convolution (``group == channels``, 2-D) skips im2col: the direct
-  kernels of layers/depthwise.py, channel multiplier allowed.
+  the last one).  (Smaller, cache-sized chunks were measured on LeNet: no gain
+  that stood out of the noise.)
 * The kernels are serial: on two cores, numba's threads and OpenBLAS's threads
   took the cores from each other (measured 2x slower); the GEMMs use OpenBLAS's.
   Running half the images of the per-image path on a helper thread made conv1
   alone 1.5x faster but LeNet training no faster (10.1 against 10.2-10.4 ms).
 """
-import threading
-import weakref
-
 import numpy as np
 
 from numcaffe.layers.base import Layer, register
 from numcaffe.layers.depthwise import (depthwise_backward, depthwise_backward_s1, depthwise_forward,
                                        depthwise_forward_s1)
 from numcaffe.layers.geometry import conv_output_shape, conv_window
-from numcaffe.layers.im2col import (NO_BIAS, Im2colGeometry, add_bias, bias_grad, col2im_nhwc, from_cols, from_rows,
-                                    im2col_nhwc, to_cols, to_rows)
+from numcaffe.layers.im2col import (NO_BIAS, Im2colGeometry, add_bias, bias_grad, col2im_nhwc, from_cols,
+                                    from_rows, im2col_nhwc, to_cols, to_rows)
+from numcaffe.layers.workspace import Scratch
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.filler import fill
@@ -68,65 +56,40 @@ DW_BATCH_LIMIT = 1 << 20
 #: 3x3 (2.4 M: 2.6 against 6.9 ms forward at batch 1; the weight gradient 2.3 against 12.4 ms).
 SMALL_WEIGHTS = 1 << 17
 
+#: The paths a Convolution runs; ``choose_layout`` says which, for which shape.
+DEPTHWISE, PER_IMAGE, NHWC, ROWS = "depthwise", "per_image", "nhwc", "rows"
 
-class _Workspace:
-    """Named float32 scratch arrays shared by every convolution layer that runs on one thread.
 
-    Layers of a thread run one at a time, so one column buffer serves them all
-    (Caffe gives each layer its own, which for a deep net -- or LeNet's TRAIN
-    and TEST nets -- multiplies the biggest scratch array by the number of
-    layers).  Arrays grow to the largest request; ``COL_LIMIT`` bounds the
-    biggest.  Each name remembers which layer took it last, so a layer knows
-    whether what it wrote there (forward's columns) is still there.  The arrays
-    are freed when the last layer made on the thread is gone.
+def choose_layout(spatial_axes, channels, group, positions, two_d, weight_count):
+    """The path a Convolution of this shape runs, and why (timed with bench/bench_conv.py).
+
+    * DEPTHWISE when ``group == channels > 1`` on two spatial axes: im2col would
+      copy each pixel once per tap for GEMMs of one input channel each; the direct
+      kernels of layers/depthwise.py read each plane once (channel multiplier
+      allowed; bench/bench_depthwise.py times them against PyTorch).
+    * PER_IMAGE when an image has many output positions (``positions >=
+      PER_IMAGE_MIN_P``): one GEMM per image, as in Caffe, but through numpy's
+      stacked matmul (one call for the batch) writing straight into the NCHW top.
+    * NHWC when positions are few, with two axes (``two_d``: not
+      ``force_nd_im2col``), one group and small weights (LeNet's conv2): the
+      columns are ``(N * P, K)`` rows of NHWC pixels ordered (kernel row, kernel
+      column, channel), so each kernel row is one run of ``kw * C`` pixels, and the
+      three GEMMs take the forms OpenBLAS runs fastest here (``col @ W.T``,
+      ``dy.T @ col``, ``dy @ W``: 4.0 against 4.6 ms for the ``(K, N * P)``
+      layout); jitted transposes to and from NCHW.  Not for big weights
+      (``weight_count > SMALL_WEIGHTS``): the layout pays weight-sized transposes,
+      dearer than the GEMMs for ResNet's res5 at batch 1.
+    * ROWS otherwise: the images of a chunk batched into one ``(K, N * P)``
+      column matrix and one GEMM per chunk.  Groups are one stacked matmul, never
+      a loop.  (Deconvolution always runs this layout.)
     """
-
-    def __init__(self):
-        self.arrays = {}
-        self.owners = {}
-        self.users = 0
-
-    def get(self, owner, name, size):
-        a = self.arrays.get(name)
-        if a is None or a.size < size:
-            a = np.zeros(max(int(size), 1), dtype=np.float32)
-            self.arrays[name] = a
-        self.owners[name] = owner
-        return a[:size]
-
-    def leave(self):
-        self.users -= 1
-        if self.users <= 0:
-            self.arrays.clear()
-            self.owners.clear()
-
-
-_THREAD = threading.local()
-
-
-def _workspace():
-    """This thread's workspace."""
-    ws = getattr(_THREAD, "workspace", None)
-    if ws is None:
-        ws = _THREAD.workspace = _Workspace()
-    return ws
-
-
-class _Scratch:
-    """One layer's handle on the shared workspace of the thread it runs on."""
-
-    def __init__(self):
-        self.token = object()  # names the layer in the workspace without keeping it alive
-        home = _workspace()
-        home.users += 1
-        weakref.finalize(self, home.leave)
-
-    def get(self, name, size):
-        return _workspace().get(self.token, name, size)
-
-    def holds(self, name):
-        """Whether no other layer has taken ``name`` since this one did."""
-        return _workspace().owners.get(name) is self.token
+    if spatial_axes == 2 and group == channels and group > 1:
+        return DEPTHWISE
+    if positions >= PER_IMAGE_MIN_P:
+        return PER_IMAGE
+    if two_d and group == 1 and weight_count <= SMALL_WEIGHTS:
+        return NHWC
+    return ROWS
 
 
 def _gemm(a, b, out):
@@ -180,7 +143,7 @@ class BaseConvolutionLayer(Layer):
             if self.bias_term:
                 self.blobs.append(Blob((self.num_output,)))
                 fill(self.blobs[1], p.bias_filler, self.random)
-        self.buffers = _Scratch()
+        self.buffers = Scratch()
         self._geometry_key = None
 
     def Reshape(self, bottom, top):
@@ -210,21 +173,18 @@ class BaseConvolutionLayer(Layer):
         key = (self.num, tuple(in_spatial))
         if key != self._geometry_key:
             self._geometry_key = key
-            self.setup_geometry(in_spatial, out_spatial)
+            self.in_spatial, self.out_spatial = in_spatial, out_spatial
+            self.setup_geometry()
 
-    def setup_geometry(self, in_spatial, out_spatial):
-        # The convolution's "image" side and "column" side; Deconvolution swaps them.
+    def setup_geometry(self):
+        """The im2col geometry (the convolution's "image" and "column" sides; Deconvolution
+        swaps them) and how many images a chunk of columns holds."""
         if self.reverse:
-            img_ch, img_sp, col_sp = self.num_output, out_spatial, in_spatial
+            img_ch, img_sp, col_sp = self.num_output, self.out_spatial, self.in_spatial
         else:
-            img_ch, img_sp, col_sp = self.channels, in_spatial, out_spatial
-        self.in_spatial, self.out_spatial = in_spatial, out_spatial
-        self.depthwise = (not self.reverse and self.num_spatial == 2
-                          and self.group == self.channels and self.group > 1)
-        if self.depthwise:
-            return
+            img_ch, img_sp, col_sp = self.channels, self.in_spatial, self.out_spatial
         self.geo = Im2colGeometry(img_ch, img_sp, col_sp, self.kernel, self.stride, self.pad, self.dilation,
-                           nd=self.force_nd)
+                                  nd=self.force_nd)
         per_image = self.geo.rows * self.geo.P
         self.chunk = max(1, min(self.num, COL_LIMIT // max(per_image, 1)))
 
@@ -232,31 +192,171 @@ class BaseConvolutionLayer(Layer):
         N, chunk = self.num, self.chunk
         return [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
 
-    def _depthwise_args_s1(self):
-        return (*self.in_spatial, self.blobs[0].flat_data, self.num_output, *self.kernel, *self.pad,
-                *self.dilation, *self.out_spatial)
-
-    def _depthwise_args(self):
-        return (*self.in_spatial, self.blobs[0].flat_data, self.num_output, *self.kernel, *self.stride,
-                *self.pad, *self.dilation, *self.out_spatial)
-
 
 @register("Convolution")
 class ConvolutionLayer(BaseConvolutionLayer):
     """y[n, m] = b[m] + sum over c in m's group and kernel taps of W[m, c, k] x[n, c, o*s - p + k*d]."""
 
-    def setup_geometry(self, in_spatial, out_spatial):
-        super().setup_geometry(in_spatial, out_spatial)
-        self.per_image = self.nhwc = False
-        if not self.depthwise:
-            # Many output positions per image: one GEMM per image (numpy's stacked matmul) straight
-            # into NCHW.  Few: one GEMM for the whole chunk in the (rows, N*P) layout.
-            self.per_image = self.geo.P >= PER_IMAGE_MIN_P
-            # Few positions, two axes, one group: NHWC columns, one (N*P, K) matrix, whose three
-            # GEMMs OpenBLAS runs faster and whose im2col copies runs of kw * C pixels.
-            self.nhwc = (not self.per_image and self.geo.two_d and self.group == 1
-                         and self.blobs[0].count <= SMALL_WEIGHTS)
+    def setup_geometry(self):
+        self.positions = int(np.prod(self.out_spatial, dtype=np.int64))
+        self.layout = choose_layout(self.num_spatial, self.channels, self.group, self.positions,
+                                    self.num_spatial == 2 and not self.force_nd, self.blobs[0].count)
+        if self.layout != DEPTHWISE:
+            super().setup_geometry()
         self._cached = False
+
+    def Forward_cpu(self, bottom, top):
+        bias = self.blobs[1].flat_data if self.bias_term else NO_BIAS
+        forward = getattr(self, "_forward_" + self.layout)
+        for b, t in zip(bottom, top):
+            forward(b.flat_data, t.flat_data, bias)
+        # One chunk holds every image: backward reuses these columns for the weight gradient.
+        self._cached = self.layout != DEPTHWISE and len(bottom) == 1 and self.chunk >= self.num
+
+    def Backward_cpu(self, top, propagate_down, bottom):
+        want_w = self.param_propagate_down[0]
+        want_b = self.bias_term and self.param_propagate_down[1]
+        db = self.blobs[1].flat_diff if self.bias_term else NO_BIAS
+        backward = getattr(self, "_backward_" + self.layout)
+        # Forward's columns are still there only if no other layer took the buffer since.
+        self._cached = self._cached and self.buffers.holds("col")
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            if want_w or propagate_down[i]:
+                backward(b.flat_data, t.flat_diff, b.flat_diff, want_w, want_b, db, propagate_down[i])
+            elif want_b:
+                bias_grad(t.flat_diff, self.num, self.num_output, self.positions, db)
+            self._cached = False
+
+    # -- DEPTHWISE: direct kernels; stride 1 has its own -------------------------------
+
+    def _depthwise_args(self):
+        """The kernels' geometry arguments after (x, N, C): the stride-1 kernels take no stride."""
+        stride = () if self.stride == [1, 1] else self.stride
+        return (*self.in_spatial, self.blobs[0].flat_data, self.num_output, *self.kernel, *stride,
+                *self.pad, *self.dilation, *self.out_spatial)
+
+    def _forward_depthwise(self, x, y, bias):
+        kernel = depthwise_forward_s1 if self.stride == [1, 1] else depthwise_forward
+        kernel(x, self.num, self.channels, *self._depthwise_args(), bias, self.bias_term, y)
+
+    def _backward_depthwise(self, x, dy, dx, want_w, want_b, db, want_dx):
+        if want_b:
+            bias_grad(dy, self.num, self.num_output, self.positions, db)
+        kernel = depthwise_backward_s1 if self.stride == [1, 1] else depthwise_backward
+        kernel(x, dy, self.num, self.channels, *self._depthwise_args(), self.blobs[0].flat_diff, want_w,
+               dx, want_dx)
+
+    # -- PER_IMAGE and ROWS: (K, P) columns per image or (K, N * P) per chunk -----------
+
+    def _columns(self, x, n0, n, col):
+        """The columns of images n0 .. n0+n: (n, K, P) per image, or (K, n*P) batched."""
+        geo = self.geo
+        xs = x[n0 * geo.image_size:(n0 + n) * geo.image_size]
+        if self.layout == PER_IMAGE:
+            if geo.identity:
+                return xs
+            geo.im2col(xs, n, col, geo.P, geo.rows * geo.P)
+        else:
+            geo.to_columns(xs, n, col)
+        return col
+
+    def _forward_per_image(self, x, y, bias):
+        G, M, K, P = self.group, self.num_output, self.geo.rows, self.geo.P
+        Wg = self.blobs[0].flat_data.reshape(G, M // G, K // G)
+        col_buf = self.buffers.get("col", K * self.chunk * P)
+        for n0, n in self._chunks():
+            col = self._columns(x, n0, n, col_buf[:K * n * P])
+            ys = y[n0 * M * P:(n0 + n) * M * P]
+            if G == 1:
+                np.matmul(Wg[0], col.reshape(n, K, P), out=ys.reshape(n, M, P))
+            else:
+                np.matmul(Wg, col.reshape(n, G, K // G, P), out=ys.reshape(n, G, M // G, P))
+            if self.bias_term:
+                add_bias(ys, n, M, P, bias)
+
+    def _backward_per_image(self, x, dy, dx, want_w, want_b, db, want_dx):
+        geo = self.geo
+        G, M, K, P = self.group, self.num_output, geo.rows, geo.P
+        Mg, Kg = M // G, K // G
+        if want_b:
+            bias_grad(dy, self.num, M, P, db)
+        WgT = self.blobs[0].flat_data.reshape(G, Mg, Kg).transpose(0, 2, 1)
+        dW = self.blobs[0].flat_diff
+        col_buf = self.buffers.get("col", K * self.chunk * P)
+        dW_tmp = self.buffers.get("dW", M * Kg).reshape(G, Mg, Kg)
+        for n0, n in self._chunks():
+            dy4 = dy[n0 * M * P:(n0 + n) * M * P].reshape(n, G, Mg, P)
+            dxs = dx[n0 * geo.image_size:(n0 + n) * geo.image_size]
+            col = col_buf[:K * n * P]
+            if want_w:
+                if not self._cached or geo.identity:
+                    col = self._columns(x, n0, n, col)
+                self._weight_grad_per_image(dy4, col.reshape(n, G, Kg, P), dW_tmp)
+                dW += dW_tmp.reshape(-1)
+            if want_dx:
+                if geo.identity:
+                    np.matmul(WgT, dy4, out=dxs.reshape(n, G, Kg, P))
+                else:
+                    np.matmul(WgT, dy4, out=col.reshape(n, G, Kg, P))
+                    self._cached = False
+                    geo.col2im(col, P, K * P, n, dxs)
+
+    def _weight_grad_per_image(self, dy4, col4, out):
+        """out = sum over images n of dy[n] @ col[n].T (per group), a few images per stacked GEMM."""
+        n, G, Mg, P = dy4.shape
+        Kg = col4.shape[2]
+        step = max(1, min(n, DW_BATCH_LIMIT // max(G * Mg * Kg, 1)))
+        tmp = self.buffers.get("dWstack", step * G * Mg * Kg)
+        part = self.buffers.get("dWpart", G * Mg * Kg).reshape(G, Mg, Kg)
+        out[...] = 0.0
+        for s in range(0, n, step):
+            k = min(step, n - s)
+            t4 = tmp[:k * G * Mg * Kg].reshape(k, G, Mg, Kg)
+            np.matmul(dy4[s:s + k], col4[s:s + k].transpose(0, 1, 3, 2), out=t4)
+            np.sum(t4, axis=0, out=part)
+            out += part
+
+    def _forward_rows(self, x, y, bias):
+        G, M, K, P = self.group, self.num_output, self.geo.rows, self.geo.P
+        Wg = self.blobs[0].flat_data.reshape(G, M // G, K // G)
+        col_buf = self.buffers.get("col", K * self.chunk * P)
+        for n0, n in self._chunks():
+            col = self._columns(x, n0, n, col_buf[:K * n * P])
+            out = self.buffers.get("rows", M * n * P)
+            _gemm(Wg, col.reshape(G, K // G, n * P), out.reshape(G, M // G, n * P))
+            from_rows(out, n, M, P, bias, self.bias_term, y[n0 * M * P:(n0 + n) * M * P])
+
+    def _backward_rows(self, x, dy, dx, want_w, want_b, db, want_dx):
+        geo = self.geo
+        G, M, K, P = self.group, self.num_output, geo.rows, geo.P
+        Mg, Kg = M // G, K // G
+        WgT = self.blobs[0].flat_data.reshape(G, Mg, Kg).transpose(0, 2, 1)
+        dW = self.blobs[0].flat_diff
+        col_buf = self.buffers.get("col", K * self.chunk * P)
+        dW_tmp = self.buffers.get("dW", M * Kg).reshape(G, Mg, Kg)
+        dWT_tmp = self.buffers.get("dW", M * Kg).reshape(G, Kg, Mg)
+        for n0, n in self._chunks():
+            col = col_buf[:K * n * P]
+            rows = self.buffers.get("rows", M * n * P)
+            to_rows(dy[n0 * M * P:(n0 + n) * M * P], n, M, P, rows, db, want_b)  # db += sum dy on the way
+            rows_g = rows.reshape(G, Mg, n * P)
+            if want_w:
+                if not self._cached:
+                    col = self._columns(x, n0, n, col)
+                if self.blobs[0].count <= SMALL_WEIGHTS:
+                    # dW.T = col @ rows.T: OpenBLAS runs this form faster than rows @ col.T
+                    # on small weights (LeNet's conv2: 1.4 against 2.1 ms) ...
+                    _gemm(col.reshape(G, Kg, n * P), rows_g.transpose(0, 2, 1), dWT_tmp)
+                    dW.reshape(G, Mg, Kg)[...] += dWT_tmp.transpose(0, 2, 1)
+                else:  # ... but the transposed add is dear on big ones (SMALL_WEIGHTS)
+                    _gemm(rows_g, col.reshape(G, Kg, n * P).transpose(0, 2, 1), dW_tmp)
+                    dW += dW_tmp.reshape(-1)
+            if want_dx:
+                _gemm(WgT, rows_g, col.reshape(G, Kg, n * P))
+                self._cached = False
+                geo.from_columns(col, n, dx[n0 * geo.image_size:(n0 + n) * geo.image_size])
+
+    # -- NHWC: (N * P, K) columns of NHWC pixels ------------------------------------
 
     def _nhwc_columns(self, x, n0, n):
         """The (n * P, K) columns of images n0 .. n0+n, rows (oh, ow), columns (i, j, c)."""
@@ -274,181 +374,36 @@ class ConvolutionLayer(BaseConvolutionLayer):
         np.copyto(Wp, self.blobs[0].data.reshape(M, C, -1).transpose(0, 2, 1))
         return Wp.reshape(M, -1)
 
-    def _columns(self, x, n0, n, col):
-        """The columns of images n0 .. n0+n: (n, K, P) per image, or (K, n*P) batched."""
-        geo = self.geo
-        xs = x[n0 * geo.image_size:(n0 + n) * geo.image_size]
-        if self.per_image:
-            if geo.identity:
-                return xs
-            geo.im2col(xs, n, col, geo.P, geo.rows * geo.P)
-        else:
-            geo.to_columns(xs, n, col)
-        return col
+    def _forward_nhwc(self, x, y, bias):
+        M, P = self.num_output, self.geo.P
+        Wp = self._nhwc_weights()
+        for n0, n in self._chunks():
+            out = self.buffers.get("rows", n * P * M).reshape(n * P, M)
+            np.matmul(self._nhwc_columns(x, n0, n), Wp.T, out=out)
+            from_cols(out.reshape(-1), n, M, P, bias, self.bias_term, y[n0 * M * P:(n0 + n) * M * P])
 
-    def Forward_cpu(self, bottom, top):
-        bias = self.blobs[1].flat_data if self.bias_term else NO_BIAS
-        if self.depthwise:
-            for b, t in zip(bottom, top):
-                if self.stride == [1, 1]:
-                    depthwise_forward_s1(b.flat_data, self.num, self.channels, *self._depthwise_args_s1(),
-                                         bias, self.bias_term, t.flat_data)
-                else:
-                    depthwise_forward(b.flat_data, self.num, self.channels, *self._depthwise_args(),
-                                      bias, self.bias_term, t.flat_data)
-            return
-        geo = self.geo
-        G, M, K, P = self.group, self.num_output, geo.rows, geo.P
-        if self.nhwc:
-            Wp = self._nhwc_weights()
-            for b, t in zip(bottom, top):
-                for n0, n in self._chunks():
-                    out = self.buffers.get("rows", n * P * M).reshape(n * P, M)
-                    np.matmul(self._nhwc_columns(b.flat_data, n0, n), Wp.T, out=out)
-                    from_cols(out.reshape(-1), n, M, P, bias, self.bias_term, t.flat_data[n0 * M * P:(n0 + n) * M * P])
-            self._cached = len(bottom) == 1 and self.chunk >= self.num
-            return
-        Mg, Kg = M // G, K // G
-        Wg = self.blobs[0].flat_data.reshape(G, Mg, Kg)
-        col_buf = self.buffers.get("col", K * self.chunk * P)
-        for b, t in zip(bottom, top):
-            x, y = b.flat_data, t.flat_data
-            for n0, n in self._chunks():
-                col = self._columns(x, n0, n, col_buf[:K * n * P])
-                ys = y[n0 * M * P:(n0 + n) * M * P]
-                if self.per_image:
-                    if G == 1:
-                        np.matmul(Wg[0], col.reshape(n, K, P), out=ys.reshape(n, M, P))
-                    else:
-                        np.matmul(Wg, col.reshape(n, G, Kg, P), out=ys.reshape(n, G, Mg, P))
-                    if self.bias_term:
-                        add_bias(ys, n, M, P, bias)
-                else:
-                    out = self.buffers.get("rows", M * n * P)
-                    _gemm(Wg, col.reshape(G, Kg, n * P), out.reshape(G, Mg, n * P))
-                    from_rows(out, n, M, P, bias, self.bias_term, ys)
-        # One chunk holds every image: backward reuses these columns for the weight gradient.
-        self._cached = len(bottom) == 1 and self.chunk >= self.num
-
-    def Backward_cpu(self, top, propagate_down, bottom):
-        want_w = self.param_propagate_down[0]
-        want_b = self.bias_term and self.param_propagate_down[1]
-        db = self.blobs[1].flat_diff if self.bias_term else NO_BIAS
-        if self.depthwise:
-            for i, (b, t) in enumerate(zip(bottom, top)):
-                if want_b:
-                    bias_grad(t.flat_diff, self.num, self.num_output, t.count // (self.num * self.num_output), db)
-                if not (want_w or propagate_down[i]):
-                    continue
-                if self.stride == [1, 1]:
-                    depthwise_backward_s1(b.flat_data, t.flat_diff, self.num, self.channels,
-                                          *self._depthwise_args_s1(), self.blobs[0].flat_diff, want_w,
-                                          b.flat_diff, propagate_down[i])
-                else:
-                    depthwise_backward(b.flat_data, t.flat_diff, self.num, self.channels, *self._depthwise_args(),
-                                       self.blobs[0].flat_diff, want_w, b.flat_diff, propagate_down[i])
-            return
-        geo = self.geo
-        G, M, K, P = self.group, self.num_output, geo.rows, geo.P
-        # Forward's columns are still there only if no other layer took the buffer since.
-        self._cached = self._cached and self.buffers.holds("col")
-        if self.nhwc:
-            return self._backward_nhwc(top, propagate_down, bottom, want_w, want_b, db)
-        Mg, Kg = M // G, K // G
-        WgT = self.blobs[0].flat_data.reshape(G, Mg, Kg).transpose(0, 2, 1)
-        dW = self.blobs[0].flat_diff
-        col_buf = self.buffers.get("col", K * self.chunk * P)
-        dW_tmp = self.buffers.get("dW", M * Kg).reshape(G, Mg, Kg)
-        dWT_tmp = self.buffers.get("dW", M * Kg).reshape(G, Kg, Mg)
-        for i, (b, t) in enumerate(zip(bottom, top)):
-            dy, x, dx = t.flat_diff, b.flat_data, b.flat_diff
-            if want_b and (self.per_image or not (want_w or propagate_down[i])):
-                bias_grad(dy, self.num, M, P, db)
-            if not (want_w or propagate_down[i]):
-                continue
-            for n0, n in self._chunks():
-                dys = dy[n0 * M * P:(n0 + n) * M * P]
-                dxs = dx[n0 * geo.image_size:(n0 + n) * geo.image_size]
-                col = col_buf[:K * n * P]
-                if self.per_image:
-                    dy4 = dys.reshape(n, G, Mg, P)
-                    if want_w:
-                        if not self._cached or geo.identity:
-                            col = self._columns(x, n0, n, col)
-                        self._weight_grad_per_image(dy4, col.reshape(n, G, Kg, P), dW_tmp)
-                        dW += dW_tmp.reshape(-1)
-                    if propagate_down[i]:
-                        if geo.identity:
-                            np.matmul(WgT, dy4, out=dxs.reshape(n, G, Kg, P))
-                        else:
-                            np.matmul(WgT, dy4, out=col.reshape(n, G, Kg, P))
-                            self._cached = False
-                            geo.col2im(col, P, K * P, n, dxs)
-                else:
-                    rows = self.buffers.get("rows", M * n * P)
-                    to_rows(dys, n, M, P, rows, db, want_b)
-                    rows_g = rows.reshape(G, Mg, n * P)
-                    if want_w:
-                        if not self._cached:
-                            col = self._columns(x, n0, n, col)
-                        if self.blobs[0].count <= SMALL_WEIGHTS:
-                            # dW.T = col @ rows.T: OpenBLAS runs this form faster than rows @ col.T
-                            # on small weights (LeNet's conv2: 1.4 against 2.1 ms) ...
-                            _gemm(col.reshape(G, Kg, n * P), rows_g.transpose(0, 2, 1), dWT_tmp)
-                            dW.reshape(G, Mg, Kg)[...] += dWT_tmp.transpose(0, 2, 1)
-                        else:  # ... but the transposed add is dear on big ones (SMALL_WEIGHTS)
-                            _gemm(rows_g, col.reshape(G, Kg, n * P).transpose(0, 2, 1), dW_tmp)
-                            dW += dW_tmp.reshape(-1)
-                    if propagate_down[i]:
-                        _gemm(WgT, rows_g, col.reshape(G, Kg, n * P))
-                        self._cached = False
-                        geo.from_columns(col, n, dxs)
-            self._cached = False
-
-    def _backward_nhwc(self, top, propagate_down, bottom, want_w, want_b, db):
+    def _backward_nhwc(self, x, dy, dx, want_w, want_b, db, want_dx):
         geo = self.geo
         M, K, P, C = self.num_output, geo.rows, geo.P, geo.C
         Wp = self._nhwc_weights()
         dW = self.blobs[0].diff.reshape(M, C, -1)
         dWp = self.buffers.get("dW", M * K).reshape(M, K)
-        for i, (b, t) in enumerate(zip(bottom, top)):
-            dy, x, dx = t.flat_diff, b.flat_data, b.flat_diff
-            if not (want_w or propagate_down[i]):
-                if want_b:
-                    bias_grad(dy, self.num, M, P, db)
-                continue
-            for n0, n in self._chunks():
-                dyT = self.buffers.get("rows", n * P * M)
-                to_cols(dy[n0 * M * P:(n0 + n) * M * P], n, M, P, dyT, db, want_b)
-                dyT = dyT.reshape(n * P, M)
-                col = self.buffers.get("col", K * self.chunk * P)[:K * n * P].reshape(n * P, K)
-                if want_w:
-                    if not self._cached:
-                        col = self._nhwc_columns(x, n0, n)
-                    np.matmul(dyT.T, col, out=dWp)
-                    dW += dWp.reshape(M, -1, C).transpose(0, 2, 1)
-                if propagate_down[i]:
-                    np.matmul(dyT, Wp, out=col)
-                    self._cached = False
-                    xh = self.buffers.get("nhwc", n * geo.image_size)
-                    col2im_nhwc(col.reshape(-1), n, C, *geo.args_2d, xh)
-                    from_cols(xh, n, C, geo.isize, NO_BIAS, False, dx[n0 * geo.image_size:(n0 + n) * geo.image_size])
-            self._cached = False
-
-    def _weight_grad_per_image(self, dy4, col4, out):
-        """out = sum over images n of dy[n] @ col[n].T (per group), a few images per stacked GEMM."""
-        n, G, Mg, P = dy4.shape
-        Kg = col4.shape[2]
-        step = max(1, min(n, DW_BATCH_LIMIT // max(G * Mg * Kg, 1)))
-        tmp = self.buffers.get("dWstack", step * G * Mg * Kg)
-        part = self.buffers.get("dWpart", G * Mg * Kg).reshape(G, Mg, Kg)
-        out[...] = 0.0
-        for s in range(0, n, step):
-            k = min(step, n - s)
-            t4 = tmp[:k * G * Mg * Kg].reshape(k, G, Mg, Kg)
-            np.matmul(dy4[s:s + k], col4[s:s + k].transpose(0, 1, 3, 2), out=t4)
-            np.sum(t4, axis=0, out=part)
-            out += part
+        for n0, n in self._chunks():
+            dyT = self.buffers.get("rows", n * P * M)
+            to_cols(dy[n0 * M * P:(n0 + n) * M * P], n, M, P, dyT, db, want_b)  # db += sum dy on the way
+            dyT = dyT.reshape(n * P, M)
+            col = self.buffers.get("col", K * self.chunk * P)[:K * n * P].reshape(n * P, K)
+            if want_w:
+                if not self._cached:
+                    col = self._nhwc_columns(x, n0, n)
+                np.matmul(dyT.T, col, out=dWp)
+                dW += dWp.reshape(M, -1, C).transpose(0, 2, 1)
+            if want_dx:
+                np.matmul(dyT, Wp, out=col)
+                self._cached = False
+                xh = self.buffers.get("nhwc", n * geo.image_size)
+                col2im_nhwc(col.reshape(-1), n, C, *geo.args_2d, xh)
+                from_cols(xh, n, C, geo.isize, NO_BIAS, False, dx[n0 * geo.image_size:(n0 + n) * geo.image_size])
 
 
 @register("Deconvolution")

@@ -1,7 +1,5 @@
-"""Depthwise 2-D convolution kernels (group == channels, M = multiplier * C outputs), for conv.py.
-
-Same names and signatures as the direct kernels they replace, so conv.py imports these
-instead::
+"""Depthwise 2-D convolution kernels (group == channels, M = multiplier * C outputs): the
+path layers/conv.py's ``choose_layout`` picks for them instead of im2col + GEMM::
 
     y[n, m, oh, ow] = b[m] + sum_ij w[m, i, j] x[n, m // (M/C), oh*sh - ph + i*dh, ow*sw - pw + j*dw]
 
@@ -16,7 +14,8 @@ of ``Hq x Wq`` (phase (a, b) holds padded pixel (r*sh + a, c*sw + b) at (r, c)).
 so with outputs laid out on rows of width Wq (columns ow >= Wo are scratch) a tap is
 ONE contiguous multiply-add over the line of L = (Ho-1)*Wq + Wo outputs, at any stride,
 padding or dilation, with no bounds tests.  Lines are cut into CHUNK-element pieces
-that stay in L1 while all taps pass over them.
+that stay in L1 while all taps pass over them.  The ``_s1`` kernels are the same
+loops with the stride fixed at 1 (MobileNet's common case), chosen by shape in conv.py.
 """
 import numpy as np
 from numba import njit

@@ -105,7 +105,7 @@ def test_the_layer_runs_on_these_kernels(monkeypatch):
     for stride in (1, 2):
         layer, bottom, top = make(f'type: "Convolution" convolution_param {{ num_output: 8 kernel_size: 3 pad: 1 '
                                   f'stride: {stride} group: 4 {fill} }}', (2, 4, 7, 8))
-        assert layer.depthwise
+        assert layer.layout == "depthwise"
         layer.Forward(bottom, top)
         ref = conv_ref(bottom[0].data, layer.blobs[0].data, layer.blobs[1].data, [stride] * 2, [1, 1], [1, 1], 4)
         np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)

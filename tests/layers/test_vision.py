@@ -135,21 +135,20 @@ def test_depthwise_paths_match_the_oracle_at_a_larger_size(stride, pad, dilation
     fill = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
     layer, bottom, top = make(f'type: "Convolution" convolution_param {{ num_output: 16 kernel_size: 3 pad: {pad} '
                               f'stride: {stride} dilation: {dilation} group: 8 {fill} }}', (3, 8, 11, 9))
-    assert layer.depthwise
+    assert layer.layout == "depthwise"
     layer.Forward(bottom, top)
     s, p, d = [stride] * 2, [pad] * 2, [dilation] * 2
     ref = conv_ref(bottom[0].data, layer.blobs[0].data, layer.blobs[1].data, s, p, d, 8)
     np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)
-    # Backward against the generic grouped path (same layer run with the depthwise kernel switched off).
+    # Backward against the generic grouped path (the same layer made to run the batched layout).
     rs = np.random.RandomState(1)
     top[0].diff[...] = rs.standard_normal(top[0].shape)
     layer.blobs[0].diff[...] = 0
     layer.Backward(top, [True], bottom)
     dx, dw = bottom[0].diff.copy(), layer.blobs[0].diff.copy()
-    layer.depthwise = False
     from numcaffe.layers.im2col import Im2colGeometry
     layer.geo = Im2colGeometry(8, [11, 9], list(top[0].shape[2:]), [3, 3], s, p, d)
-    layer.per_image, layer.chunk, layer._cached = False, 3, False
+    layer.layout, layer.chunk, layer._cached = "rows", 3, False
     layer.blobs[0].diff[...] = 0
     layer.Backward(top, [True], bottom)
     np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-4, atol=1e-4)
@@ -228,7 +227,7 @@ def test_nhwc_path_matches_the_oracle_and_the_row_path(params):
     fill = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
     layer, bottom, top = make(f'type: "Convolution" convolution_param {{ num_output: 6 {params} {fill} }}',
                               (4, 3, 12, 11))
-    assert layer.nhwc
+    assert layer.layout == "nhwc"
     layer.Forward(bottom, top)
     p = layer
     ref = conv_ref(bottom[0].data, layer.blobs[0].data, layer.blobs[1].data, p.stride, p.pad, p.dilation, 1)
@@ -236,8 +235,8 @@ def test_nhwc_path_matches_the_oracle_and_the_row_path(params):
     rs = np.random.RandomState(2)
     top[0].diff[...] = rs.standard_normal(top[0].shape)
     results = []
-    for nhwc in (True, False):  # the same layer with the NHWC columns switched off
-        layer.nhwc = nhwc
+    for layout in ("nhwc", "rows"):  # the same layer made to run the (K, N * P) columns
+        layer.layout = layout
         layer.Forward(bottom, top)
         layer.blobs[0].diff[...] = 0
         layer.blobs[1].diff[...] = 0
@@ -279,7 +278,7 @@ def test_big_weight_layout_gives_the_same_results(monkeypatch, group):
         monkeypatch.setattr(conv, "SMALL_WEIGHTS", limit)
         set_random_seed(5)
         layer, bottom, top = make(text, (3, 4, 5, 5))  # 25 positions: the batched layouts
-        assert not layer.per_image and layer.nhwc == (limit > 0 and group == 1)
+        assert layer.layout == ("nhwc" if limit > 0 and group == 1 else "rows")
         layer.Forward(bottom, top)
         rs = np.random.RandomState(7)
         top[0].diff[...] = rs.standard_normal(top[0].shape)
@@ -399,9 +398,9 @@ def test_crop_gives_no_gradient_to_the_reference_blob():
 # -- one scratch workspace shared by all convolution layers of a thread ---------------
 
 SHARED_PATHS = {  # input shape, convolution_param: each of the three column layouts
-    "per-image": ((2, 3, 20, 20), "num_output: 4 kernel_size: 3"),                  # P = 324 >= 256
+    "per_image": ((2, 3, 20, 20), "num_output: 4 kernel_size: 3"),                  # P = 324 >= 256
     "nhwc": ((3, 3, 8, 8), "num_output: 5 kernel_size: 3"),                          # few positions, 1 group
-    "batched": ((3, 4, 8, 8), "num_output: 6 kernel_size: 3 group: 2"),              # few positions, groups
+    "rows": ((3, 4, 8, 8), "num_output: 6 kernel_size: 3 group: 2"),                 # few positions, groups
 }
 
 
@@ -417,6 +416,7 @@ def test_conv_backward_after_another_conv_used_the_workspace_is_right(path):
         return layer.blobs[0].diff.copy(), bottom[0].diff.copy()
 
     a, a_bottom, a_top = make(text, shape)
+    assert a.layout == path
     a.Forward(a_bottom, a_top)
     alone = backward(a, a_bottom, a_top)
     # Now another layer (other input, same geometry) runs between a's forward and backward.
@@ -436,11 +436,11 @@ def test_the_workspace_is_freed_with_the_last_convolution_layer():
     import gc
     import threading
 
-    from numcaffe.layers import conv
+    from numcaffe.layers import workspace
     seen = {}
 
     def body():
-        ws = conv._workspace()
+        ws = workspace.thread_workspace()
         text = 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 }'
         a, a_bottom, a_top = make(text, (2, 3, 8, 8))
         b, b_bottom, b_top = make(text, (2, 3, 8, 8))
