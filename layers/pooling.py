@@ -226,6 +226,19 @@ def ave_pool_backward(dy, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, dx):
                         dst[t * sw] += gg[t]
 
 
+@njit(inline="always")
+def _window_sums(x, src, W, hs, he, ws, we):
+    """(sum x, sum x^2) over rows [hs, he) and columns [ws, we) of the plane at x[src:]."""
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    for h in range(hs, he):
+        for w in range(ws, we):
+            v = x[src + h * W + w]
+            s1 += v
+            s2 += v * v
+    return s1, s2
+
+
 @njit(cache=True)
 def stochastic_pool_train(x, planes, H, W, kh, kw, sh, sw, Ho, Wo, u, y, mask):
     """Sample one element per window with probability x / sum(x), using the uniform draws u."""
@@ -238,10 +251,7 @@ def stochastic_pool_train(x, planes, H, W, kh, kw, sh, sw, Ho, Wo, u, y, mask):
             for ow in range(Wo):
                 ws = ow * sw
                 we = min(ws + kw, W)
-                total = np.float32(0.0)
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        total += x[src + h * W + w]
+                total = _window_sums(x, src, W, hs, he, ws, we)[0]
                 thres = u[dst + oh * Wo + ow] * total
                 cum = np.float32(0.0)
                 arg = (he - 1) * W + we - 1
@@ -271,13 +281,7 @@ def stochastic_pool_test(x, planes, H, W, kh, kw, sh, sw, Ho, Wo, y):
             for ow in range(Wo):
                 ws = ow * sw
                 we = min(ws + kw, W)
-                s1 = np.float32(0.0)
-                s2 = np.float32(0.0)
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        v = x[src + h * W + w]
-                        s1 += v
-                        s2 += v * v
+                s1, s2 = _window_sums(x, src, W, hs, he, ws, we)
                 y[dst + oh * Wo + ow] = s2 / s1 if s1 > 0 else 0.0
 
 
@@ -295,10 +299,7 @@ def stochastic_pool_test_backward(x, y, dy, planes, H, W, kh, kw, sh, sw, Ho, Wo
             for ow in range(Wo):
                 ws = ow * sw
                 we = min(ws + kw, W)
-                s1 = np.float32(0.0)
-                for h in range(hs, he):
-                    for w in range(ws, we):
-                        s1 += x[src + h * W + w]
+                s1 = _window_sums(x, src, W, hs, he, ws, we)[0]
                 if s1 <= 0:
                     continue
                 o = dst + oh * Wo + ow
