@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import Layer, register
-from numcaffe.layers.loss import IgnoreLabelMixin, bad_label, check_label_count
+from numcaffe.layers.loss import IgnoreLabelMixin, bad_label, check_label_count, first_bad_label
 from numcaffe.layers.softmax import SoftmaxGeometry
 from numcaffe.net.errors import NumcaffeError
 
@@ -24,6 +24,9 @@ def accuracy_forward(scores, label, outer, channels, inner, top_k, has_ignore, i
     If ``per_class`` is not empty, it receives each class's accuracy, using ``seen``
     (same length) as the tally of locations per class.
     """
+    bad = first_bad_label(label, channels, has_ignore, ignore_label)
+    if bad >= 0:
+        return 0, 0, bad
     dim = channels * inner
     tally = per_class.size > 0
     correct = 0
@@ -36,8 +39,6 @@ def accuracy_forward(scores, label, outer, channels, inner, top_k, has_ignore, i
             lv = int(label[i * inner + j])
             if has_ignore and lv == ignore_label:
                 continue
-            if lv < 0 or lv >= channels:
-                return correct, counted, i * inner + j
             true_score = scores[i * dim + lv * inner + j]
             at_least_as_high = 0                      # includes the true class itself
             for c in range(channels):

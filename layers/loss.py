@@ -74,11 +74,26 @@ def get_normalizer(mode, outer, inner, valid_count):
 
 
 @njit(cache=True)
+def first_bad_label(label, num_classes, has_ignore, ignore_label):
+    """Flat index of the first label that is neither a class index in [0, num_classes) nor the
+    ignore_label, or -1.  The kernels that read class-index labels call it first (from jitted
+    code: no dispatch), so their loops need no check."""
+    for k in range(label.size):
+        lv = int(label[k])
+        if (lv < 0 or lv >= num_classes) and not (has_ignore and lv == ignore_label):
+            return k
+    return -1
+
+
+@njit(cache=True)
 def softmax_loss_forward(prob, label, outer, channels, inner, has_ignore, ignore_label, floor):
     """-sum log(max(prob[label], floor)) over non-ignored locations.
 
     Returns (loss, valid count, flat index of the first label outside [0, C) or -1).
     """
+    bad = first_bad_label(label, channels, has_ignore, ignore_label)
+    if bad >= 0:
+        return 0.0, 0, bad
     dim = channels * inner
     loss = 0.0
     count = 0
@@ -87,8 +102,6 @@ def softmax_loss_forward(prob, label, outer, channels, inner, has_ignore, ignore
             lv = int(label[i * inner + j])
             if has_ignore and lv == ignore_label:
                 continue
-            if lv < 0 or lv >= channels:
-                return loss, count, i * inner + j
             p = prob[i * dim + lv * inner + j]
             loss -= np.log(floor if p < floor else p)
             count += 1
@@ -144,12 +157,12 @@ def sigmoid_cross_entropy_backward(x, t, dx, has_ignore, ignore_label, scale):
 @njit(cache=True)
 def multinomial_logistic_forward(prob, label, num, dim, floor):
     """-sum_i log(max(prob[i, label_i], floor)); returns (loss, first bad label index or -1)."""
+    bad = first_bad_label(label, dim, False, 0)
+    if bad >= 0:
+        return 0.0, bad
     loss = 0.0
     for i in range(num):
-        lv = int(label[i])
-        if lv < 0 or lv >= dim:
-            return loss, i
-        p = prob[i * dim + lv]
+        p = prob[i * dim + int(label[i])]
         loss -= np.log(floor if p < floor else p)
     return loss, -1
 
@@ -171,6 +184,9 @@ def infogain_forward(prob, label, H, outer, channels, inner, has_ignore, ignore_
 
     Returns (loss, valid count, flat index of the first bad label or -1).
     """
+    bad = first_bad_label(label, channels, has_ignore, ignore_label)
+    if bad >= 0:
+        return 0.0, 0, bad
     dim = channels * inner
     loss = 0.0
     count = 0
@@ -179,8 +195,6 @@ def infogain_forward(prob, label, H, outer, channels, inner, has_ignore, ignore_
             lv = int(label[i * inner + j])
             if has_ignore and lv == ignore_label:
                 continue
-            if lv < 0 or lv >= channels:
-                return loss, count, i * inner + j
             for l in range(channels):
                 p = prob[i * dim + l * inner + j]
                 loss -= H[lv * channels + l] * np.log(floor if p < floor else p)

@@ -12,7 +12,7 @@ from numba import njit
 
 from numcaffe.layers.base import LossLayer, register
 from numcaffe.layers.elementwise import scale_into
-from numcaffe.layers.loss import bad_label, check_no_label_gradient
+from numcaffe.layers.loss import bad_label, check_no_label_gradient, first_bad_label
 from numcaffe.net.proto import caffe_pb2
 
 # ------------------------------------------------------------------ kernels
@@ -58,11 +58,12 @@ def hinge_forward(x, label, margins, num, dim, squared):
 
     Returns (sum of margins, or of their squares, in float64; index of the first bad label or -1).
     """
+    bad = first_bad_label(label, dim, False, 0)
+    if bad >= 0:
+        return 0.0, bad
     total = 0.0
     for i in range(num):
         lv = int(label[i])
-        if lv < 0 or lv >= dim:
-            return total, i
         for j in range(dim):
             v = x[i * dim + j]
             if j == lv:
