@@ -20,8 +20,8 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.elementwise import axpy
-from numcaffe.solvers import lr_policy
 from numcaffe.net.log import fmt
+from numcaffe.solvers import lr_policy
 from numcaffe.solvers.listener import notify
 from numcaffe.solvers.solver import Solver, log, register_solver
 
