@@ -22,6 +22,7 @@ import numpy as np
 from numcaffe.net.errors import ConfigError, NumcaffeError, ShapeError
 from numcaffe.net.net import TEST, Net
 from numcaffe.net.pycaffe import io
+from numcaffe.net.pycaffe.classifier import input_transformer
 
 __all__ = ["Detector"]
 
@@ -35,17 +36,7 @@ class Detector(Net):
         if not self.inputs:
             raise ConfigError(f"{self.source}: Detector needs a net with an input (an Input layer or "
                               f"net-level input) to feed the windows to")
-        in_ = self.inputs[0]
-        self.transformer = io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = input_transformer(self, mean, input_scale, raw_scale, channel_swap)
         self.configure_crop(context_pad)
 
     def detect_windows(self, images_windows):
