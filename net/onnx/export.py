@@ -380,23 +380,26 @@ def _threshold(ctx, lp, x, ys):
     return ctx.last("Cast", [above], ys[0], to=1)
 
 
-def _affine(ctx, x, scale, shift):
-    """x * scale + shift, writing only the nodes that are not the identity."""
+def _affine(ctx, x, scale, shift, y=None):
+    """x * scale + shift, writing only the nodes that are not the identity; the last one writes ``y``."""
     g = ctx.g
     if scale != 1.0:
-        x = g.node("Mul", [x, g.const(f"{ctx.name}/scale", scale)], 1, ctx.name)
+        last = shift == 0.0 and y is not None
+        x = g.node("Mul", [x, g.const(f"{ctx.name}/scale", scale)], [y] if last else 1, ctx.name)
+        if last:
+            return x
     if shift != 0.0:
-        x = g.node("Add", [x, g.const(f"{ctx.name}/shift", shift)], 1, ctx.name)
-    return x
+        return g.node("Add", [x, g.const(f"{ctx.name}/shift", shift)], [y] if y else 1, ctx.name)
+    return ctx.last("Identity", [x], y) if y else x
 
 
 @exports("Power")
 def _power(ctx, lp, x, ys):
     p = lp.power_param
+    if p.power == 1.0:
+        return _affine(ctx, x[0], float(p.scale), float(p.shift), ys[0])
     v = _affine(ctx, x[0], float(p.scale), float(p.shift))
-    if p.power != 1.0:
-        return ctx.last("Pow", [v, ctx.g.const(f"{ctx.name}/power", p.power)], ys[0])
-    return ctx.last("Identity", [v], ys[0])
+    return ctx.last("Pow", [v, ctx.g.const(f"{ctx.name}/power", p.power)], ys[0])
 
 
 def _log_base(base):

@@ -67,3 +67,239 @@ def test_zoo_net_in_onnxruntime(filename, size):
     assert inputs[0].dim_param == "N"                               # the batch stays symbolic
     # The logits before the softmax, where one exists, are compared too (not only saturated probabilities).
     assert any(l.type in ("InnerProduct", "Convolution") and l.name in errors for l in net.layers)
+
+
+# ------------------------------------------------------------------ one layer at a time
+
+#: id -> (input shapes, layer definitions reading x0, x1, ..., how to fill the inputs).
+#: Pooling sizes are chosen for Caffe's edge cases: a ceil-mode last window hanging past the image,
+#: a last window starting in the padding (dropped), asymmetric kernels, pads and strides.
+LAYER_CASES = {
+    "conv": ([(2, 3, 9, 9)], 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 }'),
+    "conv_group_stride": ([(1, 4, 10, 10)], 'type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 '
+                                            'stride: 2 group: 2 }'),
+    "conv_dilation": ([(1, 2, 11, 11)], 'type: "Convolution" convolution_param { num_output: 3 kernel_size: 3 '
+                                        'dilation: 2 pad: 2 }'),
+    "conv_asymmetric": ([(1, 3, 9, 12)], 'type: "Convolution" convolution_param { num_output: 2 kernel_h: 3 '
+                                         'kernel_w: 5 pad_h: 0 pad_w: 2 stride_h: 2 stride_w: 3 bias_term: false }'),
+    "conv_depthwise": ([(1, 4, 8, 8)], 'type: "Convolution" convolution_param { num_output: 8 kernel_size: 3 '
+                                       'group: 4 pad: 1 stride: 2 }'),
+    "deconv": ([(1, 4, 5, 5)], 'type: "Deconvolution" convolution_param { num_output: 6 kernel_size: 4 stride: 2 '
+                               'pad: 1 group: 2 }'),
+    "deconv_asymmetric": ([(1, 2, 4, 6)], 'type: "Deconvolution" convolution_param { num_output: 3 kernel_h: 3 '
+                                          'kernel_w: 2 stride_h: 1 stride_w: 2 dilation: 2 }'),
+    "max_ceil_overhang": ([(1, 2, 8, 8)], 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 }'),
+    "max_pad_drop_last": ([(1, 2, 5, 5)], 'type: "Pooling" pooling_param { pool: MAX kernel_size: 2 stride: 2 '
+                                          'pad: 1 }'),
+    "max_pad_ceil": ([(1, 2, 7, 7)], 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 }'),
+    "max_floor": ([(1, 2, 8, 8)], 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 stride: 2 '
+                                  'round_mode: FLOOR }'),
+    "max_asymmetric": ([(1, 2, 9, 7)], 'type: "Pooling" pooling_param { pool: MAX kernel_h: 3 kernel_w: 2 '
+                                       'stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0 }'),
+    "max_global": ([(2, 3, 5, 4)], 'type: "Pooling" pooling_param { pool: MAX global_pooling: true }'),
+    "ave_ceil_overhang": ([(1, 2, 8, 8)], 'type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 }'),
+    "ave_pad_overhang": ([(1, 2, 6, 6)], 'type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 '
+                                         'pad: 1 }'),
+    "ave_pad_drop_last": ([(1, 2, 5, 5)], 'type: "Pooling" pooling_param { pool: AVE kernel_size: 2 stride: 2 '
+                                          'pad: 1 }'),
+    "ave_pad_floor": ([(1, 2, 8, 8)], 'type: "Pooling" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 '
+                                      'round_mode: FLOOR }'),
+    "ave_asymmetric": ([(1, 2, 9, 7)], 'type: "Pooling" pooling_param { pool: AVE kernel_h: 2 kernel_w: 3 '
+                                       'stride_h: 2 stride_w: 2 pad_h: 0 pad_w: 1 }'),
+    "ave_global": ([(2, 3, 5, 4)], 'type: "Pooling" pooling_param { pool: AVE global_pooling: true }'),
+    "stochastic_test": ([(1, 2, 7, 7)], 'type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }',
+                        "positive"),
+    "ip": ([(2, 3, 4, 4)], 'type: "InnerProduct" inner_product_param { num_output: 5 }'),
+    "ip_transpose_no_bias": ([(2, 6)], 'type: "InnerProduct" inner_product_param { num_output: 4 transpose: true '
+                                       'bias_term: false }'),
+    "ip_axis2": ([(2, 3, 4, 5)], 'type: "InnerProduct" inner_product_param { num_output: 6 axis: 2 }'),
+    "ip_axis_last_transpose": ([(2, 3, 5)], 'type: "InnerProduct" inner_product_param { num_output: 4 axis: -1 '
+                                            'transpose: true bias_term: false }'),
+    "batchnorm": ([(2, 3, 4, 4)], 'type: "BatchNorm" batch_norm_param { eps: 0.001 }'),
+    "batchnorm_batch_stats": ([(3, 2, 3, 3)], 'type: "BatchNorm" batch_norm_param { use_global_stats: false }'),
+    "batchnorm_2d": ([(4, 5)], 'type: "BatchNorm"'),
+    "scale": ([(2, 3, 4, 4)], 'type: "Scale"'),
+    "scale_bias_two_axes": ([(2, 3, 4, 5)], 'type: "Scale" scale_param { axis: 1 num_axes: 2 bias_term: true }'),
+    "scale_bottom": ([(2, 3, 4, 5), (3, 4)], 'type: "Scale" scale_param { axis: 1 bias_term: true }'),
+    "bias": ([(2, 3, 4)], 'type: "Bias" bias_param { axis: 2 }'),
+    "bias_bottom": ([(2, 3, 4, 5), (2, 3)], 'type: "Bias" bias_param { axis: 0 }'),
+    "lrn_across": ([(1, 7, 3, 3)], 'type: "LRN" lrn_param { local_size: 5 alpha: 0.1 beta: 0.75 k: 2 }'),
+    "lrn_within": ([(1, 2, 6, 5)], 'type: "LRN" lrn_param { local_size: 3 alpha: 0.2 beta: 0.6 '
+                                   'norm_region: WITHIN_CHANNEL }'),
+    "relu": ([(2, 3, 4)], 'type: "ReLU"'),
+    "leaky_relu": ([(2, 3, 4)], 'type: "ReLU" relu_param { negative_slope: 0.1 }'),
+    "prelu": ([(2, 3, 4, 4)], 'type: "PReLU"'),
+    "prelu_shared": ([(2, 3, 4)], 'type: "PReLU" prelu_param { channel_shared: true }'),
+    "elu": ([(2, 3, 4)], 'type: "ELU" elu_param { alpha: 0.5 }'),
+    "selu": ([(2, 3, 4)], 'type: "SELU"'),
+    "sigmoid": ([(2, 3, 4)], 'type: "Sigmoid"'),
+    "tanh": ([(2, 3, 4)], 'type: "TanH"'),
+    "absval": ([(2, 3, 4)], 'type: "AbsVal"'),
+    "bnll": ([(2, 3, 4)], 'type: "BNLL"'),
+    "swish": ([(2, 3, 4)], 'type: "Swish"'),
+    "swish_beta": ([(2, 3, 4)], 'type: "Swish" swish_param { beta: 1.5 }'),
+    "clip": ([(2, 3, 4)], 'type: "Clip" clip_param { min: -0.5 max: 0.7 }'),
+    "threshold": ([(2, 3, 4)], 'type: "Threshold" threshold_param { threshold: 0.2 }'),
+    "power": ([(2, 3, 4)], 'type: "Power" power_param { power: 2 scale: 0.5 shift: -1 }'),
+    "power_fractional": ([(2, 3, 4)], 'type: "Power" power_param { power: 0.5 scale: 2 shift: 0.1 }', "positive"),
+    "power_identity": ([(2, 3)], 'type: "Power"'),
+    "exp": ([(2, 3, 4)], 'type: "Exp"'),
+    "exp_base_shift_scale": ([(2, 3, 4)], 'type: "Exp" exp_param { base: 2 scale: 0.5 shift: 1 }'),
+    "log": ([(2, 3, 4)], 'type: "Log"', "positive"),
+    "log_base_shift_scale": ([(2, 3, 4)], 'type: "Log" log_param { base: 10 scale: 2 shift: 0.5 }', "positive"),
+    "softmax": ([(2, 5)], 'type: "Softmax"'),
+    "softmax_axis2": ([(2, 3, 4, 2)], 'type: "Softmax" softmax_param { axis: 2 }'),
+    "concat": ([(2, 3, 4), (2, 2, 4)], 'type: "Concat"'),
+    "concat_axis2": ([(2, 3, 4), (2, 3, 1), (2, 3, 2)], 'type: "Concat" concat_param { axis: -1 }'),
+    "slice_points": ([(2, 7, 3)], 'type: "Slice" slice_param { axis: 1 slice_point: 2 slice_point: 3 }', 3),
+    "slice_equal": ([(2, 3, 6)], 'type: "Slice" slice_param { axis: 2 }', 2),
+    "eltwise_sum_coeff": ([(2, 3, 4)] * 3, 'type: "Eltwise" eltwise_param { operation: SUM coeff: 1 coeff: -0.5 '
+                                           'coeff: 2 }'),
+    "eltwise_sum": ([(2, 3, 4)] * 2, 'type: "Eltwise"'),
+    "eltwise_prod": ([(2, 3, 4)] * 3, 'type: "Eltwise" eltwise_param { operation: PROD }'),
+    "eltwise_max": ([(2, 3, 4)] * 3, 'type: "Eltwise" eltwise_param { operation: MAX }'),
+    "flatten": ([(2, 3, 4, 5)], 'type: "Flatten"'),
+    "flatten_axis2": ([(2, 3, 4, 5)], 'type: "Flatten" flatten_param { axis: 2 }'),
+    "flatten_middle": ([(2, 3, 4, 5)], 'type: "Flatten" flatten_param { axis: 1 end_axis: 2 }'),
+    "reshape": ([(2, 3, 4, 5)], 'type: "Reshape" reshape_param { shape { dim: 0 dim: -1 dim: 5 } }'),
+    "reshape_range": ([(2, 3, 4, 5)], 'type: "Reshape" reshape_param { shape { dim: 2 dim: 2 } axis: 2 '
+                                      'num_axes: 1 }'),
+    "crop": ([(2, 3, 8, 9), (1, 1, 5, 4)], 'type: "Crop" crop_param { axis: 2 offset: 1 offset: 3 }'),
+    "crop_single_offset": ([(2, 4, 8, 9), (2, 2, 5, 4)], 'type: "Crop" crop_param { axis: 1 offset: 1 }'),
+    "dropout": ([(2, 3, 4)], 'type: "Dropout" dropout_param { dropout_ratio: 0.3 }'),
+    "dropout_scale_at_test": ([(2, 3, 4)], 'type: "Dropout" dropout_param { dropout_ratio: 0.3 scale_train: false }'),
+    "argmax": ([(2, 3, 4)], 'type: "ArgMax" argmax_param { top_k: 3 }'),
+    "argmax_max_val": ([(2, 3, 4)], 'type: "ArgMax" argmax_param { top_k: 2 out_max_val: true }'),
+    "argmax_axis": ([(2, 5, 4)], 'type: "ArgMax" argmax_param { axis: 1 top_k: 2 }'),
+    "argmax_axis_values": ([(2, 5, 4)], 'type: "ArgMax" argmax_param { axis: -1 out_max_val: true }'),
+    "reduction_sum": ([(2, 3, 4)], 'type: "Reduction"'),
+    "reduction_asum": ([(2, 3, 4)], 'type: "Reduction" reduction_param { operation: ASUM axis: 1 coeff: 0.5 }'),
+    "reduction_sumsq": ([(2, 3, 4)], 'type: "Reduction" reduction_param { operation: SUMSQ axis: 2 }'),
+    "reduction_mean": ([(2, 3, 4)], 'type: "Reduction" reduction_param { operation: MEAN axis: -2 coeff: -2 }'),
+    "tile": ([(2, 3, 4)], 'type: "Tile" tile_param { axis: 1 tiles: 3 }'),
+    "embed": ([(2, 3)], 'type: "Embed" embed_param { num_output: 4 input_dim: 7 }', "indices"),
+    "embed_no_bias": ([(5,)], 'type: "Embed" embed_param { num_output: 3 input_dim: 4 bias_term: false }', "indices"),
+}
+
+#: Blob-free layers tested inside small nets: splits, in place chains, Silence.
+NET_CASES = {
+    "split_and_in_place": '''
+        layer { name: "p" type: "Power" bottom: "x0" top: "x0" power_param { scale: 2 } }
+        layer { name: "c" type: "Convolution" bottom: "x0" top: "c" convolution_param { num_output: 3 kernel_size: 1 } }
+        layer { name: "bn" type: "BatchNorm" bottom: "c" top: "c" }
+        layer { name: "sc" type: "Scale" bottom: "c" top: "c" scale_param { bias_term: true } }
+        layer { name: "r" type: "ReLU" bottom: "c" top: "c" }
+        layer { name: "a" type: "Sigmoid" bottom: "c" top: "a" }
+        layer { name: "b" type: "TanH" bottom: "c" top: "b" }
+        layer { name: "s" type: "Eltwise" bottom: "a" bottom: "b" bottom: "c" top: "s" }
+        layer { name: "q" type: "Eltwise" bottom: "x0" bottom: "s" top: "q" eltwise_param { operation: PROD } }''',
+    "silence": '''
+        layer { name: "a" type: "Sigmoid" bottom: "x0" top: "a" }
+        layer { name: "b" type: "TanH" bottom: "x0" top: "b" }
+        layer { name: "s" type: "Silence" bottom: "b" }''',
+}
+
+
+def net_text(shapes, body):
+    inputs = "".join(f'layer {{ name: "in{k}" type: "Input" top: "x{k}" input_param {{ shape {{ '
+                     + " ".join(f"dim: {d}" for d in shape) + " } } }\n" for k, shape in enumerate(shapes))
+    return 'name: "one"\n' + inputs + body
+
+
+def layer_net(shapes, definition, tops=1):
+    bottoms = " ".join(f'bottom: "x{k}"' for k in range(len(shapes)))
+    top = " ".join(f'top: "y{k}"' for k in range(tops))
+    return net_text(shapes, f'layer {{ name: "the_layer" {definition} {bottoms} {top} }}\n')
+
+
+def randomize_params(net, rng):
+    for layer in net.layers:
+        if layer.type == "BatchNorm":
+            c = layer.blobs[0].count
+            layer.blobs[2].data[...] = 4.0
+            layer.blobs[0].data[...] = 4.0 * rng.uniform(-0.5, 0.5, c)
+            layer.blobs[1].data[...] = 4.0 * rng.uniform(0.5, 1.5, c)
+        else:
+            for b in layer.blobs:
+                b.data[...] = rng.uniform(-1.0, 1.0, b.shape)
+
+
+def fill_inputs(net, kind, rng):
+    feeds = {}
+    for name in net.inputs:
+        blob = net.blobs[name]
+        if kind == "positive":
+            v = rng.uniform(0.2, 2.0, blob.shape)
+        elif kind == "indices":
+            v = rng.integers(0, 4, blob.shape)
+        else:
+            v = rng.standard_normal(blob.shape)
+        blob.data[...] = v
+        feeds[name] = blob.data.copy()
+    return feeds
+
+
+def build_text(text, tmp_path, phase=TEST):
+    path = tmp_path / "net.prototxt"
+    path.write_text(text)
+    set_random_seed(3)
+    return Net(str(path), phase)
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_layer_in_onnxruntime(case, tmp_path):
+    shapes, definition, *extra = LAYER_CASES[case]
+    tops = next((e for e in extra if isinstance(e, int)), 1)
+    kind = next((e for e in extra if isinstance(e, str)), "normal")
+    net = build_text(layer_net(shapes, definition, tops), tmp_path)
+    rng = np.random.default_rng(7)
+    randomize_params(net, rng)
+    feeds = fill_inputs(net, kind, rng)
+    model, errors = check_exported(net, feeds)
+    assert sorted(errors) == sorted(f"y{k}" for k in range(tops))
+
+
+@pytest.mark.parametrize("case", sorted(NET_CASES))
+def test_small_net_in_onnxruntime(case, tmp_path):
+    net = build_text(net_text([(2, 3, 4, 4)], NET_CASES[case]), tmp_path)
+    rng = np.random.default_rng(8)
+    randomize_params(net, rng)
+    model, errors = check_exported(net, fill_inputs(net, "normal", rng))
+    assert set(errors) >= set(net.outputs)
+    names = [o for n in model.graph.node for o in n.output]
+    assert len(names) == len(set(names))                   # single assignment, every value once
+    assert not any(n.op_type == "Split" or "split" in n.name for n in model.graph.node)
+
+
+def test_in_place_chain_names_follow_the_blobs(tmp_path):
+    net = build_text(net_text([(2, 3, 4, 4)], NET_CASES["split_and_in_place"]), tmp_path)
+    model = export_model(net)
+    outputs = {n.name: list(n.output) for n in model.graph.node}
+    assert outputs["r"] == ["c"] and outputs["bn"] == ["c/bn"] and outputs["sc"] != ["c"]
+    assert [i.name for i in model.graph.input] == ["x0"]               # the input keeps its name
+    assert outputs["p"] == ["x0/p"]
+    assert [o.name for o in model.graph.output] == ["q"]              # the one blob nothing consumes
+
+
+def test_static_batch(tmp_path):
+    net = build_text(layer_net([(2, 3, 4, 4)], 'type: "InnerProduct" inner_product_param { num_output: 2 }'),
+                     tmp_path)
+    dims = export_model(net, static_batch=True).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [2, 3, 4, 4]
+    model = export_model(net)
+    out = run_onnx(model, {"x0": np.ones((5, 3, 4, 4), np.float32)})   # a symbolic batch runs at 5
+    assert out["y0"].shape == (5, 2)
+
+
+@pytest.mark.parametrize("definition, phase, message", [
+    ('type: "Accuracy"', TEST, "layer 'the_layer' (Accuracy) has no ONNX counterpart"),
+    ('type: "Dropout"', caffe_pb2.TRAIN, "layer 'the_layer' (Dropout): Dropout is random in TRAIN"),
+    ('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 }', caffe_pb2.TRAIN,
+     "layer 'the_layer' (Pooling): STOCHASTIC pooling draws random windows in TRAIN"),
+])
+def test_unsupported_layers_are_one_clear_error(definition, phase, message, tmp_path):
+    shapes = [(2, 3), (2,)] if "Accuracy" in definition else [(2, 3, 4, 4)]
+    net = build_text(layer_net(shapes, definition), tmp_path, phase)
+    with pytest.raises(OnnxError) as e:
+        export_model(net)
+    assert str(e.value).startswith(message)
