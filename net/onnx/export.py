@@ -543,24 +543,33 @@ def _eltwise(ctx, lp, x, ys):
 
 @exports("ArgMax")
 def _argmax(ctx, lp, x, ys):
+    """Caffe breaks ties towards the larger index: ONNX's ArgMax with select_last_index does the same.
+    top_k > 1 takes TopK, which ranks equal values by the smaller index first (the one difference)."""
     p = lp.argmax_param
     g = ctx.g
     shape, out = ctx.bottoms[0], ctx.tops[0]
-    k = g.ints(f"{ctx.name}/k", [p.top_k])
     if p.HasField("axis"):
-        axis = _axis(ctx, p.axis, len(shape))
-        values, idx = g.node("TopK", [x[0], k], 2, ctx.name, axis=axis)
-        if p.out_max_val:
-            return ctx.last("Identity", [values], ys[0])
-        return ctx.last("Cast", [idx], ys[0], to=1)
-    rows = ctx.reshape(x[0], [0 if not ctx.static_batch else shape[0], -1], tag="rows")
-    values, idx = g.node("TopK", [rows, k], 2, ctx.name, axis=1)
-    idx = g.node("Cast", [idx], 1, ctx.name, to=1)
+        axis, src = _axis(ctx, p.axis, len(shape)), x[0]
+    else:
+        axis, src = 1, ctx.reshape(x[0], [0 if not ctx.static_batch else shape[0], -1], tag="rows")
+    if p.top_k == 1:
+        axes = g.ints(f"{ctx.name}/axes", [axis])
+        values = (lambda: g.node("ReduceMax", [src, axes], 1, ctx.name, keepdims=1))
+        idx = (lambda: g.node("Cast", [g.node("ArgMax", [src], 1, ctx.name, axis=axis, keepdims=1,
+                                              select_last_index=1)], 1, ctx.name, to=1))
+    else:
+        k = g.ints(f"{ctx.name}/k", [p.top_k])
+        top_values, top_idx = g.node("TopK", [src, k], 2, ctx.name, axis=axis)
+        values = (lambda: top_values)
+        idx = (lambda: g.node("Cast", [top_idx], 1, ctx.name, to=1))
+    if p.HasField("axis"):
+        return ctx.last("Identity", [values() if p.out_max_val else idx()], ys[0])
+    v = idx()
     if p.out_max_val:
         axes = g.ints(f"{ctx.name}/axes", [1])
-        idx = g.node("Concat", [g.node("Unsqueeze", [idx, axes], 1, ctx.name),
-                                g.node("Unsqueeze", [values, axes], 1, ctx.name)], 1, ctx.name, axis=1)
-    return ctx.reshape(idx, ctx.batch_dims(out), ys[0])
+        v = g.node("Concat", [g.node("Unsqueeze", [v, axes], 1, ctx.name),
+                              g.node("Unsqueeze", [values(), axes], 1, ctx.name)], 1, ctx.name, axis=1)
+    return ctx.reshape(v, ctx.batch_dims(out), ys[0])
 
 
 _REDUCE = {caffe_pb2.ReductionParameter.SUM: "ReduceSum", caffe_pb2.ReductionParameter.ASUM: "ReduceL1",
@@ -622,12 +631,14 @@ def export_model(model, weights=None, phase="TEST", static_batch=False, opset=OP
     g.used.update(last_writer)
     current = {}                 # Caffe blob name -> the ONNX value holding its current version
     inputs = []
+    # The batch: the first input's first dimension, symbolic (N) in every input that starts with it.
+    batch = next((net.blobs[t].shape[:1] for lp in params if lp.type == "Input" for t in lp.top), ())
     for i, lp in enumerate(params):
         tops = list(lp.top)
         if lp.type == "Input":
             for t, blob in zip(tops, net.top_vecs[i]):
                 dims = list(blob.shape)
-                if dims and not static_batch:
+                if dims and not static_batch and tuple(dims[:1]) == tuple(batch):
                     dims[0] = "N"
                 inputs.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, dims))
                 current[t] = t

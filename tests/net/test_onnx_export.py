@@ -1,6 +1,7 @@
 """ONNX export: every model-zoo net numcaffe loads, and every exported layer type alone, run in
 onnxruntime, equal numcaffe's forward blob by blob (1e-4 relative to each blob's largest value);
-``onnx.checker`` accepts every model with full checks.
+``onnx.checker`` accepts every model with full checks.  The zoo nets are also imported back (the other
+round trips are in test_onnx_import.py), sharing the expensive part, building the net.
 """
 import numpy as np
 import onnx
@@ -8,10 +9,10 @@ import pytest
 
 from numcaffe.net import TEST, Net
 from numcaffe.net.config import read_message
-from numcaffe.net.onnx import OnnxError, export_model
+from numcaffe.net.onnx import OnnxError, export_model, import_model
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.net.random import set_random_seed
-from tests.net.onnx_util import compare_net, run_onnx
+from tests.net.onnx_util import assert_close, compare_net, run_onnx
 from tests.net.test_zoo import ZOO, randomize
 
 #: (file, input size or None for the net's own). AlexNet and CaffeNet run at 99 x 99 (fc6 shrinks
@@ -60,8 +61,18 @@ def test_zoo_net_in_onnxruntime(filename, size):
         layer.blobs[0].data[...] *= 3.5
         layer.blobs[1].data[...] *= 3.5
         layer.blobs[2].data[...] *= 3.5
-    model, errors = check_exported(net, feed(net))
+    feeds = feed(net)
+    model, errors = check_exported(net, feeds)
     assert net.outputs and all(o in errors for o in net.outputs)
+    # ... and imported back, the same outputs again from numcaffe.
+    net_param, weights = import_model(model)
+    again = Net(net_param, TEST)
+    again.copy_from(weights)
+    for name, value in feeds.items():
+        again.blobs[name].data[...] = value
+    again.forward()
+    for name in net.outputs:
+        assert_close(again.blobs[name].data, net.blobs[name].data, name, rtol=1e-5)
     assert len(errors) >= len([l for l in net.layers if l.type not in ("Input", "Split")]) // 4
     inputs = model.graph.input[0].type.tensor_type.shape.dim
     assert inputs[0].dim_param == "N"                               # the batch stays symbolic
