@@ -10,14 +10,21 @@ the way, with a notice; ``--no-upgrade`` keeps them as they are.
 The converted message is read back before the file is written, and must equal
 the input: a conversion that would lose anything is refused.
 
+An ``.onnx`` file on either side converts a model to or from ONNX (numcaffe.net.onnx; needs
+``pip install 'numcaffe[onnx]'``): a net definition and its ``--weights`` become one ONNX model, and an
+ONNX model becomes a net definition (prototxt or YAML) and a ``--weights-out`` .caffemodel.
+
 Examples::
 
     numcaffe convert lenet_train_test.prototxt lenet_train_test.yaml
     numcaffe convert old_v1_net.prototxt upgraded.prototxt
     numcaffe convert lenet_iter_10000.caffemodel weights.prototxt   # weights as text
+    numcaffe convert lenet_deploy.prototxt lenet.onnx --weights lenet_iter_10000.caffemodel
+    numcaffe convert model.onnx net.prototxt --weights-out net.caffemodel
 """
 import os
 import re
+import sys
 
 from google.protobuf import unknown_fields
 
@@ -26,7 +33,8 @@ from numcaffe.net.errors import ConfigError
 from numcaffe.net.proto import caffe_pb2
 
 COMMAND = "convert"
-HELP = "convert a net, solver or model between prototxt, YAML and binary (upgrading old Caffe forms)"
+HELP = ("convert a net, solver or model between prototxt, YAML and binary (upgrading old Caffe forms), "
+        "or a model to and from ONNX")
 
 #: --type names and their messages.
 TYPES = {
@@ -51,6 +59,13 @@ def add_arguments(p):
     p.add_argument("--to", choices=_SYNTAXES, default=None,
                    help="output syntax when the extension does not say (text, yaml or binary)")
     p.add_argument("--no-upgrade", action="store_true", help="keep deprecated Caffe forms as they are")
+    onnx = p.add_argument_group("ONNX (an .onnx input or output)")
+    onnx.add_argument("--weights", default=None, help="to ONNX: the .caffemodel (or .h5) whose weights go in")
+    onnx.add_argument("--phase", default="TEST", choices=("TRAIN", "TEST"), help="to ONNX: the net's phase")
+    onnx.add_argument("--static-batch", action="store_true",
+                      help="to ONNX: a fixed batch dimension (default: symbolic, N)")
+    onnx.add_argument("--weights-out", default=None, help="from ONNX: where to write the weights (.caffemodel)")
+    onnx.add_argument("--batch", type=int, default=1, help="from ONNX: the batch size for a symbolic batch")
 
 
 def _syntax_of(path, default=None):
@@ -152,7 +167,83 @@ def convert(src, dst, type_name=None, to=None, upgrade=True):
     return type_name, in_syntax, out_syntax, upgraded
 
 
+def _is_onnx(path):
+    return os.path.splitext(path)[1].lower() == ".onnx"
+
+
+def _quiet_net_log():
+    import logging
+    log = logging.getLogger("numcaffe.net")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    return lambda: log.setLevel(level)
+
+
+def to_onnx(src, dst, weights=None, phase="TEST", static_batch=False):
+    """``src`` (a net definition) with ``weights`` as an ONNX model at ``dst``; returns the model."""
+    from numcaffe.net.onnx import export_model, require_onnx
+    from numcaffe.net.onnx.export import save
+    onnx = require_onnx()
+    restore = _quiet_net_log()
+    try:
+        model = export_model(src, weights, phase=phase, static_batch=static_batch)
+    finally:
+        restore()
+    onnx.checker.check_model(model, full_check=True)
+    save(model, dst)
+    return model
+
+
+def from_onnx(src, dst, weights_out, batch=1):
+    """The ONNX model ``src`` as a net definition at ``dst`` and its weights at ``weights_out``; the two are
+    built into a net before anything is written.  Returns (net definition, weights)."""
+    from numcaffe.net import TEST, Net
+    from numcaffe.net.io import atomic_write
+    from numcaffe.net.onnx import import_model
+    syntax = _syntax_of(dst)
+    if syntax not in ("text", "yaml"):
+        raise ConfigError(f"{dst}: an imported net is written as prototxt or YAML (.prototxt or .yaml)")
+    if not weights_out:
+        raise ConfigError(f"{src}: give --weights-out W.caffemodel, where the imported weights go")
+    name = os.path.splitext(os.path.basename(src))[0]
+    net_param, weights = import_model(src, batch=batch, name=name)
+    restore = _quiet_net_log()
+    try:
+        net = Net(net_param, TEST)            # the definition and the weights must make a net
+        net.copy_from(weights)
+    finally:
+        restore()
+    for path, data in ((dst, serialize(net_param, syntax)), (weights_out, weights.SerializeToString())):
+        try:
+            atomic_write(path, data)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot write: {e.strerror or e}") from None
+    return net_param, weights
+
+
+def run_onnx(args):
+    if _is_onnx(args.output) and not _is_onnx(args.input):
+        if args.weights is None:
+            print(f"numcaffe: note: no --weights; {args.output} holds the net's initial (filled) weights",
+                  file=sys.stderr)
+        model = to_onnx(args.input, args.output, args.weights, args.phase, args.static_batch)
+        print(f"wrote {args.output}: ONNX opset {model.opset_import[0].version}, {len(model.graph.node)} nodes, "
+              f"inputs {', '.join(i.name for i in model.graph.input)}, "
+              f"outputs {', '.join(o.name for o in model.graph.output)}")
+    elif _is_onnx(args.input) and not _is_onnx(args.output):
+        net_param, weights = from_onnx(args.input, args.output, args.weights_out, args.batch)
+        print(f"wrote {args.output}: {len(net_param.layer)} layers; {args.weights_out}: "
+              f"{sum(len(l.blobs) for l in weights.layer)} blobs in {len(weights.layer)} layers")
+    else:
+        raise ConfigError(f"{args.input} -> {args.output}: ONNX to ONNX is not a conversion numcaffe makes")
+    return 0
+
+
 def run(args):
+    if _is_onnx(args.input) or _is_onnx(args.output):
+        return run_onnx(args)
+    if args.weights or args.weights_out or args.static_batch:
+        raise ConfigError("--weights, --weights-out and --static-batch apply to conversions to or from .onnx")
     type_name, a, b, upgraded = convert(args.input, args.output, args.type, args.to, not args.no_upgrade)
     what = TYPES[type_name].DESCRIPTOR.name
     print(f"wrote {args.output}: {what}, {a} -> {b}" + (" (upgraded from deprecated Caffe forms)" if upgraded else ""))

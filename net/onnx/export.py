@@ -57,9 +57,11 @@ class Graph:
         return self.const(base, np.asarray(values, dtype=np.int64), np.int64)
 
     def node(self, op, inputs, outputs, name, **attrs):
-        """Append one node; ``outputs`` are names already reserved, or an int: that many fresh ones."""
+        """Append one node; ``outputs`` are names already reserved (the layer's tops: the node takes the
+        layer's name), or an int: that many fresh values, from a node named ``layer/Op``."""
         if isinstance(outputs, int):
             outputs = [self.fresh(f"{name}/{op}" + (f"_{i}" if outputs > 1 else "")) for i in range(outputs)]
+            name = f"{name}/{op}"
         attrs = {k: v for k, v in attrs.items() if v is not None}
         self.nodes.append(self.h.make_node(op, list(inputs), list(outputs), name=self.fresh_node(name), **attrs))
         return outputs if len(outputs) > 1 else outputs[0]

@@ -213,10 +213,20 @@ def _fold_pad(ic, node, x):
 
 
 def _pool_geometry(lp, kernel, strides, pads):
+    """Caffe's fields: kernel_size / stride / pad when both axes agree (left out at their defaults)."""
     p = lp.pooling_param
-    p.kernel_h, p.kernel_w = kernel
-    p.stride_h, p.stride_w = strides
-    p.pad_h, p.pad_w = pads
+    if kernel[0] == kernel[1]:
+        p.kernel_size = kernel[0]
+    else:
+        p.kernel_h, p.kernel_w = kernel
+    if strides[0] != strides[1]:
+        p.stride_h, p.stride_w = strides
+    elif strides[0] != 1:
+        p.stride = strides[0]
+    if pads[0] != pads[1]:
+        p.pad_h, p.pad_w = pads
+    elif pads[0]:
+        p.pad = pads[0]
 
 
 def _broadcast_axis(x_shape, c_shape):
@@ -270,11 +280,18 @@ def _conv(ic, node):
     lp = ic.layer("Deconvolution" if transpose else "Convolution", node.name, [ic.blob(src)], [node.output[0]],
                   [w] + ([b] if b is not None else []))
     p = lp.convolution_param
-    p.num_output, p.group, p.bias_term = num_output, group, b is not None
-    p.kernel_size.extend(kernel)
-    p.stride.extend(strides)
-    p.pad.extend(begin)
-    p.dilation.extend(dil)
+    p.num_output = num_output
+    if group != 1:
+        p.group = group
+    if b is None:
+        p.bias_term = False
+    # Caffe's repeated fields: one value when every axis has it, none when it is the default.
+    for field, values, default in ((p.kernel_size, kernel, None), (p.stride, strides, 1), (p.pad, begin, 0),
+                                   (p.dilation, dil, 1)):
+        if len(set(values)) > 1:
+            field.extend(values)
+        elif values[0] != default:
+            field.append(values[0])
 
 
 @imports("MaxPool", "AveragePool")
@@ -314,7 +331,8 @@ def _pool(ic, node):
     mode = _round_mode(ic, node, x_shape, out_shape, kernel, strides, begin)
     lp = ic.layer("Pooling", node.name, [ic.blob(src)], [node.output[0]])
     lp.pooling_param.pool = PP.MAX if is_max else PP.AVE
-    lp.pooling_param.round_mode = mode
+    if mode != PP.CEIL:
+        lp.pooling_param.round_mode = mode
     _pool_geometry(lp, kernel, strides, begin)
 
 
@@ -367,7 +385,11 @@ def _gemm(ic, node):
         blobs.append(np.broadcast_to(c.reshape(-1), (n,)) * beta)
     lp = ic.layer("InnerProduct", node.name, [ic.blob(node.input[0])], [node.output[0]], blobs)
     p = lp.inner_product_param
-    p.num_output, p.bias_term, p.transpose = n, c is not None, not trans_b
+    p.num_output = n
+    if c is None:
+        p.bias_term = False
+    if not trans_b:
+        p.transpose = True
 
 
 @imports("MatMul")
@@ -388,7 +410,11 @@ def _matmul(ic, node):
             ic.done.add(id(add))
     lp = ic.layer("InnerProduct", node.name, [ic.blob(node.input[0])], [top], blobs)
     p = lp.inner_product_param
-    p.num_output, p.bias_term, p.transpose, p.axis = w.shape[1], len(blobs) == 2, True, rank - 1
+    p.num_output, p.transpose = w.shape[1], True
+    if len(blobs) == 1:
+        p.bias_term = False
+    if rank != 2:
+        p.axis = rank - 1
 
 
 def _graph_outputs(ic):
@@ -694,6 +720,10 @@ def _flatten(ic, node):
     axis = ic.attr(node, "axis", 1)
     axis = axis + len(shape) if axis < 0 else axis
     if axis == 1:
+        readers = ic.consumers.get(node.output[0], [])
+        if readers and all(r.op_type == "Gemm" and r.input[0] == node.output[0] for r in readers):
+            ic.alias[node.output[0]] = ic.blob(node.input[0])     # InnerProduct flattens from axis 1 itself
+            return
         ic.layer("Flatten", node.name, [ic.blob(node.input[0])], [node.output[0]])
         return
     ic.reshape(node, node.input[0], ic.shape(node.output[0]), node.output[0])
@@ -903,8 +933,8 @@ def import_model(model, batch=1, name=None):
             shapes[v.name] = tuple(d.dim_value for d in t.shape.dim)
         dtypes[v.name] = t.elem_type
     consts = _constants(model)
-    for name, a in consts.items():
-        shapes[name] = a.shape
+    for value, a in consts.items():
+        shapes[value] = a.shape
     ic = ImportContext(fixed, shapes, consts, batch)
     ic.net.name = name or model.graph.name or "imported"
     ints = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)

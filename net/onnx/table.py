@@ -88,7 +88,7 @@ ONNX_TO_LAYER = {
     "Softmax":            "Softmax (axis)",
     "Concat":             "Concat",
     "Split":              "Slice",
-    "Flatten":            "Flatten (axis 1) | Reshape",
+    "Flatten":            "Flatten (axis 1; nothing before a Gemm: InnerProduct flattens itself) | Reshape",
     "Reshape":            "Reshape (a constant shape)",
     "Squeeze":            "Reshape",
     "Unsqueeze":          "Reshape",
