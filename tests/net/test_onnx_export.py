@@ -3,6 +3,9 @@ onnxruntime, equal numcaffe's forward blob by blob (1e-4 relative to each blob's
 ``onnx.checker`` accepts every model with full checks.  The zoo nets are also imported back (the other
 round trips are in test_onnx_import.py), sharing the expensive part, building the net.
 """
+import re
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -10,6 +13,9 @@ import pytest
 from numcaffe.net import TEST, Net
 from numcaffe.net.config import read_message
 from numcaffe.net.onnx import OnnxError, export_model, import_model
+from numcaffe.net.onnx.export import EXPORTERS
+from numcaffe.net.onnx.importer import IMPORTERS
+from numcaffe.net.onnx.table import LAYER_TO_ONNX, ONNX_TO_LAYER
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.net.random import set_random_seed
 from tests.net.onnx_util import assert_close, compare_net, run_onnx
@@ -314,3 +320,13 @@ def test_unsupported_layers_are_one_clear_error(definition, phase, message, tmp_
     with pytest.raises(OnnxError) as e:
         export_model(net)
     assert str(e.value).startswith(message)
+
+
+def test_every_exported_type_has_a_layer_case_and_a_documented_row():
+    tested = {re.search(r'type: "(\w+)"', definition).group(1) for _, definition, *_ in LAYER_CASES.values()}
+    tested |= {t for body in NET_CASES.values() for t in re.findall(r'type: "(\w+)"', body)}
+    assert set(EXPORTERS) - {"Split"} <= tested        # Split: inserted by the net wherever a blob is shared
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "onnx.md").read_text()
+    for name in list(LAYER_TO_ONNX) + list(ONNX_TO_LAYER):
+        assert f"| {name} |" in doc
+    assert set(IMPORTERS) == set(ONNX_TO_LAYER) - {"Constant"}
