@@ -39,18 +39,20 @@ class Graph:
 
     def __init__(self, helper, numpy_helper):
         self.h, self.nh = helper, numpy_helper
-        self.nodes, self.inits, self.used = [], [], set()
+        self.nodes, self.inits = [], []
+        self.used, self.node_names = set(), set()      # value names, node names
 
-    def fresh(self, base):
+    def fresh(self, base, used=None):
+        used = self.used if used is None else used
         name, k = base, 1
-        while name in self.used:
+        while name in used:
             name, k = f"{base}_{k}", k + 1
-        self.used.add(name)
+        used.add(name)
         return name
 
     def const(self, base, array, dtype=np.float32):
         name = self.fresh(base)
-        self.inits.append(self.nh.from_array(np.ascontiguousarray(np.asarray(array, dtype=dtype)), name))
+        self.inits.append(self.nh.from_array(np.array(array, dtype=dtype), name))     # a scalar stays 0-d
         return name
 
     def ints(self, base, values):
@@ -63,17 +65,9 @@ class Graph:
             outputs = [self.fresh(f"{name}/{op}" + (f"_{i}" if outputs > 1 else "")) for i in range(outputs)]
             name = f"{name}/{op}"
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(self.h.make_node(op, list(inputs), list(outputs), name=self.fresh_node(name), **attrs))
+        self.nodes.append(self.h.make_node(op, list(inputs), list(outputs), name=self.fresh(name, self.node_names),
+                                           **attrs))
         return outputs if len(outputs) > 1 else outputs[0]
-
-    def fresh_node(self, base):
-        names = getattr(self, "_node_names", set())
-        self._node_names = names
-        name, k = base, 1
-        while name in names:
-            name, k = f"{base}_{k}", k + 1
-        names.add(name)
-        return name
 
 
 class Context:
@@ -125,7 +119,7 @@ def spatial(p, n):
 
 @exports("Split")
 def _split(ctx, lp, x, ys):
-    return {y: x[0] for y in ys}          # aliases: the consumers read the bottom
+    return {t: x[0] for t in lp.top}      # aliases: the consumers read the bottom
 
 
 @exports("Silence")
