@@ -4,8 +4,10 @@ ONNX's shape inference first gives every value a static shape (a symbolic
 batch dimension becomes ``batch``, 1 by default).  Then each node, in the
 graph's order, becomes the numcaffe layers of its row in :mod:`.table`,
 written by one function of this module registered under the operator's name;
-constants (initializers, ``Constant`` nodes) become the layers' blobs or
-parameters.  Blobs are named after the ONNX values, layers after the nodes.
+constants (initializers, ``Constant`` nodes, ``Shape`` of a value, and any
+operator of constants, computed by ONNX's reference implementation) become the
+layers' blobs or parameters.  Blobs are named after the ONNX values, layers
+after the nodes.
 
 A node whose operator has no numcaffe layer, or whose attributes numcaffe
 cannot reproduce exactly (asymmetric pads, broadcasting two computed tensors,
@@ -874,17 +876,39 @@ def _constants(model):
     return consts
 
 
-def _fold_constant_node(ic, node):
-    from onnx import numpy_helper
-    for a in node.attribute:
-        if a.name == "value":
-            ic.consts[node.output[0]] = numpy_helper.to_array(a.t)
-        elif a.name in ("value_float", "value_int"):
-            ic.consts[node.output[0]] = np.array(ic.helper.get_attribute_value(a))
-        elif a.name in ("value_floats", "value_ints"):
-            ic.consts[node.output[0]] = np.array(ic.helper.get_attribute_value(a))
-    if node.output[0] not in ic.consts:
-        raise Unsupported("a Constant of sparse or string value")
+#: Operators never folded, even with constant inputs: they draw random numbers.
+_RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def _foldable(node, constant, shapes):
+    """Whether ``node`` computes a constant: Constant, Shape of a value of known shape, or any deterministic
+    operator of constants (weights reshaped or transposed by the exporting framework, shape arithmetic)."""
+    if node.op_type == "Constant":
+        return True
+    if node.op_type == "Shape":
+        return node.input[0] in shapes
+    inputs = [i for i in node.input if i]
+    return bool(inputs) and node.op_type not in _RANDOM and all(i in constant for i in inputs)
+
+
+def _fold(ic, node):
+    """Compute a foldable node with ONNX's reference implementation; its outputs become constants."""
+    if node.op_type == "Shape":
+        shape = ic.shapes[node.input[0]]
+        start, end = ic.attr(node, "start", 0), ic.attr(node, "end", None)
+        ic.consts[node.output[0]] = np.array(shape[start:end], dtype=np.int64)
+    else:
+        from onnx.reference import ReferenceEvaluator
+        try:
+            values = ReferenceEvaluator(node, opsets={"": ic.opset}).run(
+                None, {i: ic.consts[i] for i in node.input if i})
+        except Exception as e:  # noqa: BLE001 - the reference implementation's own refusal
+            raise Unsupported(f"cannot compute this constant ({type(e).__name__}: {e})") from None
+        for name, value in zip(node.output, values):
+            ic.consts[name] = np.asarray(value)
+    for name in node.output:
+        if name in ic.consts:
+            ic.shapes[name] = ic.consts[name].shape
 
 
 def _static_inputs(model, batch):
@@ -912,27 +936,28 @@ def import_model(model, batch=1, name=None):
     for o in model.opset_import:
         if o.domain not in ("", "ai.onnx"):
             raise OnnxError(f"{where}: operators of the domain {o.domain!r} have no numcaffe layers")
-    unknown = {}
+    fixed = _static_inputs(model, batch)
+    try:
+        inferred = shape_inference.infer_shapes(fixed, strict_mode=True, data_prop=True)
+    except Exception as e:  # noqa: BLE001 - inference errors are the model's
+        raise OnnxError(f"{where}: ONNX shape inference failed: {e}") from None
+    shapes = {}
+    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = v.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[v.name] = tuple(d.dim_value for d in t.shape.dim)
+    consts = _constants(model)
+    constant, unknown = set(consts), {}
     for node in model.graph.node:
-        if node.op_type not in IMPORTERS and node.op_type != "Constant":
+        if _foldable(node, constant, shapes):
+            constant.update(node.output)
+        elif node.op_type not in IMPORTERS:
             unknown.setdefault(node.op_type, []).append(node.name or node.output[0])
     if unknown:
         listed = "; ".join(f"{op} ({len(n)}: {', '.join(repr(x) for x in n[:3])}{', ...' if len(n) > 3 else ''})"
                            for op, n in sorted(unknown.items()))
         raise OnnxError(f"{where}: {sum(len(n) for n in unknown.values())} node(s) use operators numcaffe has no "
                         f"layer for: {listed}")
-    fixed = _static_inputs(model, batch)
-    try:
-        inferred = shape_inference.infer_shapes(fixed, strict_mode=True, data_prop=True)
-    except Exception as e:  # noqa: BLE001 - inference errors are the model's
-        raise OnnxError(f"{where}: ONNX shape inference failed: {e}") from None
-    shapes, dtypes = {}, {}
-    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        t = v.type.tensor_type
-        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-            shapes[v.name] = tuple(d.dim_value for d in t.shape.dim)
-        dtypes[v.name] = t.elem_type
-    consts = _constants(model)
     for value, a in consts.items():
         shapes[value] = a.shape
     ic = ImportContext(fixed, shapes, consts, batch)
@@ -950,15 +975,12 @@ def import_model(model, batch=1, name=None):
         lp = ic.layer("Input", v.name, [], [v.name])
         lp.input_param.shape.add().dim.extend(shapes[v.name])
     for node in fixed.graph.node:
-        if node.op_type == "Constant":
-            try:
-                _fold_constant_node(ic, node)
-            except Unsupported as e:
-                problems.append(f"{node.op_type} {node.name or node.output[0]!r}: {e}")
-            continue
         if id(node) in ic.done:
             continue
         try:
+            if _foldable(node, ic.consts, ic.shapes):
+                _fold(ic, node)
+                continue
             empty = [v for v in list(node.input) + list(node.output) if 0 in ic.shapes.get(v, (1,))]
             if empty:
                 raise Unsupported(f"an empty tensor ({empty[0]!r} has shape {ic.shapes[empty[0]]})")
@@ -987,7 +1009,7 @@ def _only_indices(ic, value):
 
 
 def _check_coverage():
-    missing = set(IMPORTERS) ^ (set(ONNX_TO_LAYER) - {"Constant"})
+    missing = set(IMPORTERS) ^ (set(ONNX_TO_LAYER) - {"Constant", "Shape"})
     assert not missing, f"import functions and the table disagree on {sorted(missing)}"
 
 

@@ -107,4 +107,6 @@ ONNX_TO_LAYER = {
     "Gather":             "Embed (a constant table, axis 0)",
     "Pad":                "folded into the Conv / AveragePool it feeds",
     "Constant":           "a constant (folded into the layer that reads it)",
+    "Shape":              "a constant (the shapes are static); any operator of constants is computed at import "
+                          "by ONNX's reference implementation",
 }

@@ -5,6 +5,7 @@ operator numcaffe imports, and what cannot be imported is one error listing ever
 import collections
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,7 +16,8 @@ from numcaffe.net import TEST, Net
 from numcaffe.net.errors import NumcaffeError
 from numcaffe.net.onnx import OnnxError, export_model, import_model
 from numcaffe.net.onnx.importer import IMPORTERS
-from tests.net.test_onnx_export import (LAYER_CASES, build_text, fill_inputs, layer_net, randomize_params)
+from tests.net.onnx_util import run_onnx
+from tests.net.test_onnx_export import LAYER_CASES, build_text, fill_inputs, layer_net, randomize_params
 
 
 def imported_net(model, batch=1):
@@ -189,3 +191,25 @@ def test_not_a_model(tmp_path):
         import_model(str(bad))
     with pytest.raises(OnnxError, match="missing.onnx: no such file"):
         import_model(str(tmp_path / "missing.onnx"))
+
+
+# ------------------------------------------------------------------ a model from another framework
+
+TORCH_CNN = Path(__file__).resolve().parents[1] / "fixtures" / "onnx" / "torch_cnn.onnx"
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_pytorch_exported_model_imports_and_runs_as_onnxruntime_runs_it(batch):
+    """tests/fixtures/onnx/torch_cnn.onnx was written by PyTorch's exporter (make_torch_cnn.py beside it):
+    unfolded BatchNorm, PyTorch's pad-counting average pooling, ceil-mode max pooling, a PReLU slope that the
+    exporter Unsqueezes at run time (a constant computation numcaffe folds), Concat, Flatten + Gemm."""
+    model = onnx.load(str(TORCH_CNN))
+    assert model.producer_name == "pytorch"
+    net = imported_net(model, batch=batch)
+    assert [l.type for l in net.layers if l.type != "Split"] == [
+        "Input", "Convolution", "BatchNorm", "Scale", "ReLU", "Convolution", "PReLU", "Pooling", "Eltwise",
+        "Pooling", "Convolution", "ReLU", "Concat", "InnerProduct", "Softmax"]
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 15, 15)).astype(np.float32)
+    want = run_onnx(model, {"data": x})["prob"]
+    got = forward(net, {"data": x}).blobs["prob"].data
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
