@@ -222,6 +222,14 @@ def from_onnx(src, dst, weights_out, batch=1):
 
 
 def run_onnx(args):
+    export = _is_onnx(args.output)
+    wrong = [flag for flag, given, applies in (
+        ("--weights", args.weights, export), ("--phase", args.phase != "TEST", export),
+        ("--static-batch", args.static_batch, export), ("--weights-out", args.weights_out, not export),
+        ("--batch", args.batch != 1, not export), ("--type", args.type, False), ("--to", args.to, False))
+        if given and not applies]
+    if wrong:
+        raise ConfigError(f"{', '.join(wrong)}: not for a conversion {'to' if export else 'from'} ONNX")
     if _is_onnx(args.output) and not _is_onnx(args.input):
         if args.weights is None:
             print(f"numcaffe: note: no --weights; {args.output} holds the net's initial (filled) weights",
@@ -242,8 +250,9 @@ def run_onnx(args):
 def run(args):
     if _is_onnx(args.input) or _is_onnx(args.output):
         return run_onnx(args)
-    if args.weights or args.weights_out or args.static_batch:
-        raise ConfigError("--weights, --weights-out and --static-batch apply to conversions to or from .onnx")
+    if args.weights or args.weights_out or args.static_batch or args.phase != "TEST" or args.batch != 1:
+        raise ConfigError("--weights, --phase, --static-batch, --weights-out and --batch apply to conversions "
+                          "to or from .onnx")
     type_name, a, b, upgraded = convert(args.input, args.output, args.type, args.to, not args.no_upgrade)
     what = TYPES[type_name].DESCRIPTOR.name
     print(f"wrote {args.output}: {what}, {a} -> {b}" + (" (upgraded from deprecated Caffe forms)" if upgraded else ""))

@@ -132,7 +132,10 @@ def test_errors_are_one_line(lenet, capsys, tmp_path, monkeypatch):
     for argv, needle in ((["ok.onnx", "n.prototxt"], "give --weights-out"),
                          (["ok.onnx", "n.caffemodel", "--weights-out", "w.caffemodel"], "prototxt or YAML"),
                          (["ok.onnx", "again.onnx"], "ONNX to ONNX"),
-                         (["lenet_deploy.prototxt", "n.yaml", "--weights", "w.caffemodel"], "apply to conversions")):
+                         (["lenet_deploy.prototxt", "n.yaml", "--weights", "w.caffemodel"], "apply to conversions"),
+                         (["ok.onnx", "n.yaml", "--weights", "w.caffemodel"], "--weights: not for a conversion from"),
+                         (["lenet_deploy.prototxt", "n.onnx", "--weights-out", "w.caffemodel", "--batch", "2"],
+                          "--weights-out, --batch: not for a conversion to ONNX")):
         status, _, err = cli(["convert", *argv], capsys)
         assert_clean_error(status, err, needle)
 
