@@ -311,14 +311,12 @@ def _pool(ic, node):
     is_max = node.op_type == "MaxPool"
     count_pad = ic.attr(node, "count_include_pad", 0)
     if pad_begin is not None:
-        # Pad(p) then AveragePool without counted pads and with only end pads: Caffe's AVE with pad p.
+        # Pad(p), then AveragePool without counted pads (end pads only): each window divides by its part
+        # inside the padded tensor, which is Caffe's AVE with pad p.  Sizes are checked on the unpadded input.
         if is_max or count_pad or any(begin) or pad_begin != pad_end:
             raise Unsupported("a Pad folds into an AveragePool only when symmetric, with count_include_pad 0 "
                               "and no begin pads of its own")
-        orig = ic.shape(src)
-        begin = list(pad_begin)
-        # in the unpadded frame the windows start at -p; sizes are checked on the original input below
-        x_shape = orig
+        begin, x_shape = list(pad_begin), ic.shape(src)
     elif not is_max and any(begin):
         if begin != end:
             raise Unsupported(f"AveragePool with asymmetric pads {begin} / {end}")
