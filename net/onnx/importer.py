@@ -734,8 +734,12 @@ def _reshape(ic, node):
     target = ic.need_const(node, 1, "the shape") if ic.opset >= 5 else np.array(ic.attr(node, "shape"))
     if ic.attr(node, "allowzero", 0) and 0 in target:
         raise Unsupported("allowzero with a zero dimension")
+    target = [int(d) for d in target]
+    shape = ic.shape(node.input[0])
+    if target and shape and target[0] == shape[0]:
+        target[0] = 0           # copy the batch (a target computed from Shape holds the import's batch size)
     lp = ic.layer("Reshape", node.name, [ic.blob(node.input[0])], [node.output[0]])
-    lp.reshape_param.shape.dim.extend(int(d) for d in target)
+    lp.reshape_param.shape.dim.extend(target)
 
 
 @imports("Squeeze", "Unsqueeze")

@@ -202,13 +202,16 @@ TORCH_CNN = Path(__file__).resolve().parents[1] / "fixtures" / "onnx" / "torch_c
 def test_pytorch_exported_model_imports_and_runs_as_onnxruntime_runs_it(batch):
     """tests/fixtures/onnx/torch_cnn.onnx was written by PyTorch's exporter (make_torch_cnn.py beside it):
     unfolded BatchNorm, PyTorch's pad-counting average pooling, ceil-mode max pooling, a PReLU slope that the
-    exporter Unsqueezes at run time (a constant computation numcaffe folds), Concat, Flatten + Gemm."""
+    exporter Unsqueezes at run time and a view whose target is computed from Shape (constant computations
+    numcaffe folds), Concat, Gemm."""
     model = onnx.load(str(TORCH_CNN))
     assert model.producer_name == "pytorch"
     net = imported_net(model, batch=batch)
     assert [l.type for l in net.layers if l.type != "Split"] == [
         "Input", "Convolution", "BatchNorm", "Scale", "ReLU", "Convolution", "PReLU", "Pooling", "Eltwise",
-        "Pooling", "Convolution", "ReLU", "Concat", "InnerProduct", "Softmax"]
+        "Pooling", "Convolution", "ReLU", "Concat", "Reshape", "InnerProduct", "Softmax"]
+    reshape = next(l for l in net.layers if l.type == "Reshape")
+    assert list(reshape.layer_param.reshape_param.shape.dim) == [0, -1]     # the batch copied, not fixed
     x = np.random.default_rng(batch).standard_normal((batch, 3, 15, 15)).astype(np.float32)
     want = run_onnx(model, {"data": x})["prob"]
     got = forward(net, {"data": x}).blobs["prob"].data
