@@ -91,12 +91,15 @@ def test_lenet_to_onnxruntime_and_back_to_fine_tuning(lenet, capsys):
     assert float(tests(first_run)[-1]) > 0.3                            # the band images are learnable
 
 
-def test_yaml_output_and_static_batch(lenet, capsys):
-    assert main(["convert", "lenet_deploy.prototxt", "lenet.onnx", "--static-batch"]) == 0
+def test_yaml_both_ways_and_static_batch(lenet, capsys):
+    assert main(["convert", "lenet_deploy.yaml", "lenet.onnx", "--static-batch"]) == 0
     captured = capsys.readouterr()
     assert "no --weights" in captured.err
-    dims = onnx.load("lenet.onnx").graph.input[0].type.tensor_type.shape.dim
+    model = onnx.load("lenet.onnx")
+    dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [64, 1, 28, 28]
+    assert main(["convert", "lenet_deploy.prototxt", "from_text.onnx", "--static-batch"]) == 0
+    assert [n.op_type for n in onnx.load("from_text.onnx").graph.node] == [n.op_type for n in model.graph.node]
     assert main(["convert", "lenet.onnx", "net.yaml", "--weights-out", "w.caffemodel", "--batch", "3"]) == 0
     text = Path("net.yaml").read_text()
     assert "type: Convolution" in text and "dim: [64, 1, 28, 28]" in text   # a static batch stays
