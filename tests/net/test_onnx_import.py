@@ -72,8 +72,8 @@ def test_layer_round_trip(case, tmp_path):
 PARAMETER_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
                     "BatchNormalization": (1, 2, 3, 4), "PRelu": (1,), "Clip": (1, 2), "Pow": (1,), "Gather": (0,),
                     "Pad": (1, 2, 3), "Slice": (1, 2, 3, 4), "ReduceSum": (1,), "ReduceMean": (1,), "ReduceL1": (1,),
-                    "ReduceSumSquare": (1,), "ReduceMax": (1,), "Tile": (1,), "Reshape": (1,), "Dropout": (1, 2), "Greater": (1,),
-                    "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,)}
+                    "ReduceSumSquare": (1,), "ReduceMax": (1,), "Tile": (1,), "Reshape": (1,), "Dropout": (1, 2),
+                    "Greater": (1,), "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,)}
 
 
 def node_cases():
