@@ -216,3 +216,32 @@ def test_pytorch_exported_model_imports_and_runs_as_onnxruntime_runs_it(batch):
     want = run_onnx(model, {"data": x})["prob"]
     got = forward(net, {"data": x}).blobs["prob"].data
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
+def average_pool_model(size, kernel, stride, pad, ceil):
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, size, size])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    node = helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[kernel] * 2,
+                            strides=[stride] * 2, pads=[pad] * 4, ceil_mode=ceil, count_include_pad=1)
+    return helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 21)])
+
+
+@pytest.mark.parametrize("size, kernel, stride, pad, ceil", [(6, 3, 2, 1, 1), (7, 3, 2, 1, 1), (6, 2, 2, 1, 1),
+                                                            (7, 3, 2, 1, 0), (9, 5, 3, 2, 1)])
+def test_average_pool_counting_pads_in_ceil_mode_is_caffes(size, kernel, stride, pad, ceil):
+    """count_include_pad with symmetric pads: a last window past the padding divides by its part inside the
+    padded image in onnxruntime and in ONNX's reference implementation, as in Caffe (PyTorch's
+    AvgPool2d(ceil_mode=True, padding=p) exports this)."""
+    from onnx.reference import ReferenceEvaluator
+    model = average_pool_model(size, kernel, stride, pad, ceil)
+    data = np.random.default_rng(size).standard_normal((1, 2, size, size)).astype(np.float32)
+    got = forward(imported_net(model), {"x": data}).blobs["y"].data
+    np.testing.assert_allclose(got, run_onnx(model, {"x": data})["y"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, {"x": data})[0], rtol=1e-5, atol=1e-7)
+
+
+def test_a_last_window_caffe_drops_is_refused():
+    """Caffe drops a ceil-mode window that starts in the padding; ONNX's shape inference keeps it."""
+    with pytest.raises(OnnxError, match=re.escape("AveragePool 'pool': no Caffe pooling gives output (4, 4) from "
+                                                  "(5, 5) with kernel [2, 2], stride [2, 2], pad [1, 1]")):
+        import_model(average_pool_model(5, 2, 2, 1, 1))
