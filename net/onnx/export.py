@@ -432,8 +432,8 @@ def _dropout(ctx, lp, x, ys):
     if ctx.net.phase != caffe_pb2.TEST:
         ctx.fail("Dropout is random in TRAIN; export the TEST phase (--phase TEST)")
     p = lp.dropout_param
-    if p.scale_train:
-        return ctx.last("Identity", x, ys[0])
+    if p.scale_train:              # ONNX's Dropout outside training is the identity, and keeps the ratio
+        return ctx.last("Dropout", [x[0], ctx.g.const(f"{ctx.name}/ratio", p.dropout_ratio)], ys[0])
     return ctx.last("Mul", [x[0], ctx.g.const(f"{ctx.name}/scale", 1.0 - p.dropout_ratio)], ys[0])
 
 

@@ -568,10 +568,33 @@ def _binary_const(ic, node, x, c, op, c_first):
         lp.bias_param.axis, lp.bias_param.num_axes = axis, len(core)
         return lp
     if op == "Mul" or (op == "Div" and not c_first):
-        lp = ic.layer("Scale", node.name, [src], [top], [c if op == "Mul" else 1.0 / c])
+        blobs, name = [c if op == "Mul" else 1.0 / c], node.name
+        bias = _following_bias(ic, node, x_shape, axis, core)
+        if bias is not None:                 # x * s + b: one Scale with its bias, named as the Add
+            add, b = bias
+            blobs.append(b)
+            top, name = add.output[0], add.name or add.output[0]
+        lp = ic.layer("Scale", name, [src], [top], blobs)
         lp.scale_param.axis, lp.scale_param.num_axes = axis, len(core)
+        lp.scale_param.bias_term = len(blobs) == 2
         return lp
     raise Unsupported(f"a constant {'minus' if op == 'Sub' else 'divided by'} a tensor")
+
+
+def _following_bias(ic, node, x_shape, axis, core):
+    """(the Add node, its bias) when ``node``'s output feeds only an Add of a constant over the same axes."""
+    out = node.output[0]
+    readers = ic.consumers.get(out, [])
+    if len(readers) != 1 or readers[0].op_type != "Add" or out in _graph_outputs(ic):
+        return None
+    add = readers[0]
+    other = add.input[1] if add.input[0] == out else add.input[0]
+    b = ic.const(other)
+    if b is None or tuple(ic.shapes.get(add.output[0], ())) != tuple(x_shape) or \
+            _broadcast_axis(x_shape, b.shape) != (axis, core):
+        return None
+    ic.done.add(id(add))
+    return add, b.reshape(core)
 
 
 @imports("Add", "Sub", "Mul", "Div")

@@ -43,7 +43,7 @@ LAYER_TO_ONNX = {
     "Flatten":       "Flatten (axis 1 to the end), else Reshape",
     "Reshape":       "Reshape (0 copies a dimension, -1 infers one, as in Caffe)",
     "Crop":          "Slice",
-    "Dropout":       "Identity at TEST (scale_train false: Mul by 1 - ratio)",
+    "Dropout":       "Dropout at TEST, the identity (scale_train false: Mul by 1 - ratio)",
     "ArgMax":        "ArgMax (select_last_index, as Caffe breaks ties) + Cast, ReduceMax for values; "
                      "top_k > 1: TopK (which ranks equal values the other way round)",
     "Reduction":     "ReduceSum | ReduceL1 | ReduceSumSquare | ReduceMean over axis.., Mul by coeff",

@@ -70,8 +70,17 @@ def test_zoo_net_in_onnxruntime(filename, size):
     feeds = feed(net)
     model, errors = check_exported(net, feeds)
     assert net.outputs and all(o in errors for o in net.outputs)
-    # ... and imported back, the same outputs again from numcaffe.
+    # ... and imported back: the same layers under the same names (the ONNX model keeps neither the Input
+    # layer's name nor in-place wiring; WITHIN_CHANNEL LRN comes back as the operators it was spelled in),
+    # the same weights under the same layer names, and the same outputs again from numcaffe.
     net_param, weights = import_model(model)
+    def layers(param, learned=False):
+        return sorted((l.name, l.type) for l in param.layer if l.type not in ("Input", "Split")
+                      and (not learned or l.type in ("Convolution", "InnerProduct", "BatchNorm", "Scale")))
+    assert layers(net_param, learned=True) == layers(net.net_param, learned=True)
+    if not any(l.type == "LRN" and l.lrn_param.norm_region == l.lrn_param.WITHIN_CHANNEL
+               for l in net.net_param.layer):
+        assert layers(net_param) == layers(net.net_param)
     again = Net(net_param, TEST)
     again.copy_from(weights)
     for name, value in feeds.items():
