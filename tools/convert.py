@@ -205,6 +205,8 @@ def from_onnx(src, dst, weights_out, batch=1):
         raise ConfigError(f"{dst}: an imported net is written as prototxt or YAML (.prototxt or .yaml)")
     if not weights_out:
         raise ConfigError(f"{src}: give --weights-out W.caffemodel, where the imported weights go")
+    if batch < 1:
+        raise ConfigError(f"--batch must be at least 1; got {batch}")
     name = os.path.splitext(os.path.basename(src))[0]
     net_param, weights = import_model(src, batch=batch, name=name)
     restore = _quiet_net_log()

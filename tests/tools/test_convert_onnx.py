@@ -135,6 +135,8 @@ def test_errors_are_one_line(lenet, capsys, tmp_path, monkeypatch):
     for argv, needle in ((["ok.onnx", "n.prototxt"], "give --weights-out"),
                          (["ok.onnx", "n.caffemodel", "--weights-out", "w.caffemodel"], "prototxt or YAML"),
                          (["ok.onnx", "again.onnx"], "ONNX to ONNX"),
+                         (["ok.onnx", "n.yaml", "--weights-out", "w.caffemodel", "--batch", "0"],
+                          "--batch must be at least 1"),
                          (["lenet_deploy.prototxt", "n.yaml", "--weights", "w.caffemodel"], "apply to conversions"),
                          (["ok.onnx", "n.yaml", "--weights", "w.caffemodel"], "--weights: not for a conversion from"),
                          (["lenet_deploy.prototxt", "n.onnx", "--weights-out", "w.caffemodel", "--batch", "2"],
