@@ -3,7 +3,8 @@
 ONNX's shape inference first gives every value a static shape (a symbolic
 batch dimension becomes ``batch``, 1 by default).  Then each node, in the
 graph's order, becomes the numcaffe layers of its row in :mod:`.table`,
-written by one function of this module registered under the operator's name;
+written by one function of :mod:`.import_layers` or :mod:`.import_shapes`
+registered under the operator's name;
 constants (initializers, ``Constant`` nodes, ``Shape`` of a value, and any
 operator of constants, computed by ONNX's reference implementation) become the
 layers' blobs or parameters.  Blobs are named after the ONNX values, layers

@@ -338,4 +338,5 @@ def test_every_exported_type_has_a_layer_case_and_a_documented_row():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "onnx.md").read_text()
     for name in list(LAYER_TO_ONNX) + list(ONNX_TO_LAYER):
         assert f"| {name} |" in doc
-    assert set(IMPORTERS) == set(ONNX_TO_LAYER) - {"Constant", "Shape"}
+    assert set(EXPORTERS) == set(LAYER_TO_ONNX) - {"Input"}                 # Input: a graph input, no function
+    assert set(IMPORTERS) == set(ONNX_TO_LAYER) - {"Constant", "Shape"}     # computed at import, no layer
