@@ -22,7 +22,8 @@ from tests.net.onnx_util import assert_close, compare_net, run_onnx
 from tests.net.test_zoo import ZOO, randomize
 
 #: (file, input size or None for the net's own). AlexNet and CaffeNet run at 99 x 99 (fc6 shrinks
-#: from 9216 to 1024 inputs, every pooling and LRN as in the original); the others at their own size.
+#: from 9216 to 1024 inputs, every pooling and LRN as in the original); the others at their own size,
+#: GoogLeNet with its auxiliary classifiers.
 ZOO_NETS = [("bvlc_alexnet.prototxt", 99), ("bvlc_reference_caffenet.prototxt", 99),
             ("bvlc_googlenet.prototxt", None), ("resnet50_deploy.prototxt", None),
             ("squeezenet_v1.1.prototxt", None), ("mobilenet_v1.prototxt", None),
@@ -38,7 +39,8 @@ def zoo_net(filename, size=None):
     if size:
         dims[2] = dims[3] = size
     set_random_seed(5)
-    return Net(param, TEST)
+    # GoogLeNet with its auxiliary classifiers (stage "aux": 5x5 / 3 AVE pooling, two more heads).
+    return Net(param, TEST, stages=("aux",) if "googlenet" in filename else ())
 
 
 def feed(net, seed=0):
