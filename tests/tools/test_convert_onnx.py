@@ -150,3 +150,21 @@ def test_errors_are_one_line(lenet, capsys, tmp_path, monkeypatch):
     assert_clean_error(status, err, INSTALL_HINT)
     status, _, err = cli(["convert", "ok.onnx", "n.prototxt", "--weights-out", "w.caffemodel"], capsys)
     assert_clean_error(status, err, "pip install 'numcaffe[onnx]'")
+
+
+def test_caffes_own_lenet_in_onnxruntime_gives_caffes_outputs(tmp_path, capsys):
+    """BVLC Caffe's trained LeNet (tests/fixtures/caffe), exported by the command line: onnxruntime's ip2 and
+    prob for Caffe's 100 test images are the ones Caffe itself computed."""
+    fixtures = REPO / "tests" / "fixtures" / "caffe"
+    out = str(tmp_path / "caffe_lenet.onnx")
+    assert main(["convert", str(fixtures / "lenet_deploy.prototxt"), out,
+                 "--weights", str(fixtures / "lenet_iter_10000.caffemodel")]) == 0
+    images = np.load(fixtures / "images_0.npy").astype(np.float32)[:, None] * np.float32(0.00390625)
+    model = onnx.load(out)
+    ip2 = next(n.output[0] for n in model.graph.node if n.name == "ip2")
+    model.graph.output.append(onnx.helper.make_empty_tensor_value_info(ip2))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    prob, logits = sess.run(["prob", ip2], {"data": images})
+    np.testing.assert_allclose(logits, np.load(fixtures / "caffe_ip2_0.npy"), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(prob, np.load(fixtures / "caffe_prob_0.npy"), atol=1e-4, rtol=0)
+    assert (prob.argmax(1) == np.load(fixtures / "labels_0.npy")).mean() > 0.85
