@@ -342,6 +342,8 @@ def import_model(model, batch=1, name=None):
     from onnx import shape_inference
 
     model, where = _load(model)
+    if not len(model.graph.output) or not len(model.graph.node):
+        raise OnnxError(f"{where}: holds no graph (no nodes or no outputs); is it an ONNX model?")
     for o in model.opset_import:
         if o.domain not in ("", "ai.onnx"):
             raise OnnxError(f"{where}: operators of the domain {o.domain!r} have no numcaffe layers")

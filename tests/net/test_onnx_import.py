@@ -189,6 +189,10 @@ def test_not_a_model(tmp_path):
     bad.write_bytes(b"\x00garbage")
     with pytest.raises(OnnxError, match="bad.onnx: not a readable ONNX model"):
         import_model(str(bad))
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")                       # parses as an empty ModelProto
+    with pytest.raises(OnnxError, match="empty.onnx: holds no graph"):
+        import_model(str(empty))
     with pytest.raises(OnnxError, match="missing.onnx: no such file"):
         import_model(str(tmp_path / "missing.onnx"))
 
