@@ -183,7 +183,7 @@ def parse_yaml(text, msg, path="<string>"):
     if node is None:
         return msg  # an empty file is an empty message
     ctx = _Ctx(path, loader)
-    _reject_tags(node, ctx)
+    _check_nodes(node, ctx)
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{path}:{node.start_mark.line + 1}: expected a mapping of "
                           f"{msg.DESCRIPTOR.name} fields at the top level")
@@ -191,18 +191,57 @@ def parse_yaml(text, msg, path="<string>"):
     return msg
 
 
-def _reject_tags(root, ctx):
-    """No explicit tags (``!!python/...``, ``!local``) anywhere: configs are plain data."""
-    stack = [root]
+#: How far YAML aliases may multiply a file: the node tree they expand to may hold this many nodes
+#: more than the file itself (a net that repeats a few shared blocks stays far below it; a
+#: "billion laughs" of nine nested aliases of nine, 350 bytes, expands to 435 million).
+ALIAS_EXPANSION_LIMIT = 100_000
+
+
+def _check_nodes(root, ctx):
+    """Visit every node of the composed file once, however often aliases name it.
+
+    No explicit tags (``!!python/...``, ``!local``) anywhere: configs are plain data.  An
+    alias that contains itself, or aliases that expand to more than ``ALIAS_EXPANSION_LIMIT``
+    nodes beyond those the file holds, are refused here, before anything walks the expanded
+    tree (the mapping onto the message does).  The work is bounded by the file's own nodes:
+    each node's expanded size is computed once, from its children's.
+    """
+    size = {}                  # id(node) -> nodes in its expanded subtree; absent: not finished
+    open_ = set()              # ids of the nodes whose children are being sized (a cycle check)
+    stack = [(root, False)]
     while stack:
-        node = stack.pop()
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            kids = _children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            open_.discard(key)
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise ctx.error(node, "a YAML alias contains itself (a recursive anchor); configs are trees")
         if node.tag.startswith("tag:yaml.org,2002:python") or node.tag.startswith("!"):
             raise ctx.error(node, f"YAML tag {node.tag!r} is not allowed in configs (they hold plain data only)")
-        if isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                stack.extend((k, v))
+        open_.add(key)
+        stack.append((node, True))
+        for kid in _children(node):
+            if id(kid) in open_:
+                raise ctx.error(kid, "a YAML alias contains itself (a recursive anchor); configs are trees")
+            if id(kid) not in size:
+                stack.append((kid, False))
+    limit = len(size) + ALIAS_EXPANSION_LIMIT
+    if size[id(root)] > limit:
+        raise ConfigError(f"{ctx.path}: YAML aliases expand to more than {limit} nodes (the file holds "
+                          f"{len(size)}); numcaffe refuses alias bombs")
+
+
+def _children(node):
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for kv in node.value for n in kv]
+    return ()
 
 
 class _Ctx:

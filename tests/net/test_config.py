@@ -128,3 +128,25 @@ def test_deprecated_solver_type_becomes_type():
     from numcaffe.net.upgrade import upgrade_message
     upgrade_message(msg)
     assert msg.type == "Adam" and not msg.HasField("solver_type")
+
+
+def test_yaml_aliases_are_walked_once_and_bombs_refused():
+    from numcaffe.net import config
+    # Each alias level multiplies by ten: 4 levels expand to ~11,000 nodes and load; 6 levels
+    # (~1.1 million) pass the limit and are refused before the message is filled.
+    def nested(levels):
+        lines = ["a0: &a0 [" + ", ".join(["1"] * 10) + "]"]
+        lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+        return "\n".join(lines) + "\n"
+    with pytest.raises(ConfigError, match=r"a\.yaml: YAML aliases expand to more than \d+ nodes .*alias bombs"):
+        parse_yaml(nested(6), caffe_pb2.NetParameter(), "a.yaml")
+    # under the limit the walk reaches the schema check, not the alias check
+    with pytest.raises(ConfigError, match="NetParameter has no field 'a0'"):
+        parse_yaml(nested(4), caffe_pb2.NetParameter(), "a.yaml")
+    assert config.ALIAS_EXPANSION_LIMIT < 1_100_000
+
+
+def test_yaml_shared_blocks_fill_each_place():
+    text = ("layer:\n- {name: a, type: ReLU, param: &p [{lr_mult: 3}]}\n- {name: b, type: ReLU, param: *p}\n")
+    msg = parse_yaml(text, caffe_pb2.NetParameter())
+    assert [l.param[0].lr_mult for l in msg.layer] == [3, 3]

@@ -1,0 +1,122 @@
+"""Hostile inputs (issue 12, section 2): each ends in one clean line, exit status 1, no traceback.
+
+Every test runs the real command line in a subprocess, as a user would, so a signal death
+(SIGBUS from a truncated LMDB) or a hang would show here as it would in a shell; and each
+checks that the files the user gave are still there, unchanged.
+"""
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+NET = """name: "e"
+layer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip" inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "t" top: "loss" }
+"""
+
+
+def run(cwd, *argv, timeout=60, env=None):
+    """``numcaffe argv...`` in a new process: (exit status, stdout, stderr)."""
+    full_env = dict(os.environ, GLOG_minloglevel="1", **(env or {}))
+    res = subprocess.run([sys.executable, "-m", "numcaffe.tools.cli", *argv], cwd=cwd, capture_output=True,
+                         text=True, timeout=timeout, env=full_env)
+    return res.returncode, res.stdout, res.stderr
+
+
+def assert_one_clean_line(status, err, *needles):
+    assert status == 1, (status, err)    # not a signal death (negative), not success
+    assert "Traceback" not in err, err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("numcaffe: error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def digests(folder):
+    """{relative path: sha256} of every file under ``folder``: what must not be lost."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(root, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+# ----------------------------------------------------------------------------- YAML alias bombs
+
+BOMB = "".join(f"{k}: &{k} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['lol'] * 9)}]\n"
+               for p, k in zip([None, "a", "b", "c", "d", "e", "f", "g", "h"], "abcdefghi"))
+
+
+def test_the_bomb_is_small_and_would_expand_to_hundreds_of_millions():
+    import yaml
+    assert len(BOMB) < 400
+    node = yaml.SafeLoader(BOMB).get_single_node()
+
+    def expanded(n):                 # by the same rule as the reader, for the test's own check
+        memo = {}
+
+        def size(m):
+            if id(m) not in memo:
+                kids = m.value if isinstance(m, yaml.SequenceNode) else (
+                    [x for kv in m.value for x in kv] if isinstance(m, yaml.MappingNode) else [])
+                memo[id(m)] = 1 + sum(size(k) for k in kids)
+            return memo[id(m)]
+        return size(n)
+    assert expanded(node) > 10 ** 8
+
+
+@pytest.mark.parametrize("argv", [["convert", "bomb.yaml", "out.prototxt"],
+                                  ["draw", "bomb.yaml", "out.dot"],
+                                  ["time", "--model", "bomb.yaml", "--iterations", "1"]])
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, argv):
+    (tmp_path / "bomb.yaml").write_text(BOMB)
+    before = digests(tmp_path)
+    status, _, err = run(tmp_path, *argv, timeout=30)
+    assert_one_clean_line(status, err, "bomb.yaml: YAML aliases expand to more than", "refuses alias bombs")
+    assert digests(tmp_path) == before            # and no half-written output
+
+
+def test_a_yaml_solver_alias_bomb_is_refused(tmp_path):
+    (tmp_path / "solver.yaml").write_text(BOMB)
+    status, _, err = run(tmp_path, "train", "--solver", "solver.yaml", timeout=30)
+    assert_one_clean_line(status, err, "solver.yaml: YAML aliases expand to more than")
+
+
+def test_a_recursive_yaml_alias_is_refused(tmp_path):
+    (tmp_path / "rec.yaml").write_text("name: x\nlayer: &l [{name: a, type: Input}, *l]\n")
+    status, _, err = run(tmp_path, "convert", "rec.yaml", "out.prototxt", timeout=30)
+    assert_one_clean_line(status, err, "rec.yaml:2:", "contains itself")
+    assert not (tmp_path / "out.prototxt").exists()
+
+
+SHARED_YAML = """name: shared
+layer:
+  - {name: in, type: Input, top: [x], input_param: {shape: {dim: [2, 3]}}}
+  - name: ip1
+    type: InnerProduct
+    bottom: x
+    top: ip1
+    param: &lr [{lr_mult: 1}, {lr_mult: 2}]
+    inner_product_param: &ipp {num_output: 3, weight_filler: {type: xavier}}
+  - {name: ip2, type: InnerProduct, bottom: ip1, top: ip2, param: *lr, inner_product_param: *ipp}
+"""
+
+
+def test_a_yaml_net_with_legitimate_aliases_still_loads(tmp_path):
+    (tmp_path / "net.yaml").write_text(SHARED_YAML)
+    status, out, err = run(tmp_path, "convert", "net.yaml", "net.prototxt")
+    assert status == 0, err
+    from numcaffe.net.config import read_message
+    from numcaffe.net.proto import caffe_pb2
+    net = read_message(str(tmp_path / "net.prototxt"), caffe_pb2.NetParameter)
+    assert [l.name for l in net.layer] == ["in", "ip1", "ip2"]
+    assert [p.lr_mult for p in net.layer[2].param] == [1, 2]
+    assert net.layer[2].inner_product_param.num_output == 3
+    assert net.layer[2].inner_product_param.weight_filler.type == "xavier"
