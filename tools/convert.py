@@ -233,10 +233,10 @@ def run_onnx(args):
     if wrong:
         raise ConfigError(f"{', '.join(wrong)}: not for a conversion {'to' if export else 'from'} ONNX")
     if _is_onnx(args.output) and not _is_onnx(args.input):
+        model = to_onnx(args.input, args.output, args.weights, args.phase, args.static_batch)
         if args.weights is None:
             print(f"numcaffe: note: no --weights; {args.output} holds the net's initial (filled) weights",
                   file=sys.stderr)
-        model = to_onnx(args.input, args.output, args.weights, args.phase, args.static_batch)
         print(f"wrote {args.output}: ONNX opset {model.opset_import[0].version}, {len(model.graph.node)} nodes, "
               f"inputs {', '.join(i.name for i in model.graph.input)}, "
               f"outputs {', '.join(o.name for o in model.graph.output)}")

@@ -69,6 +69,8 @@ def run(args):
     log.info("Use CPU.")
     stages = [s for s in args.stage.split(",") if s]
     net = Net(args.model, TEST, stages=stages, level=args.level)
+    if not net.layers:
+        raise ConfigError(f"{args.model}: the net has no layers in the TEST phase; nothing to score")
     for w in args.weights.split(","):
         if w.strip():
             net.copy_from(w.strip())

@@ -76,7 +76,7 @@ def run(args):
     log.info("Testing for %d iterations.", args.iterations)
     fwd, bwd, f, b, total = time_net(net, args.iterations, log)
     log.info("Average time per layer: ")
-    width = max(len(l.name) for l in net.layers)
+    width = max((len(l.name) for l in net.layers), default=0)   # a net with no layers times as 0 ms
     for layer, ft, bt in zip(net.layers, fwd, bwd):
         log.info("%*s\tforward: %.5g ms.", width, layer.name, ft)
         log.info("%*s\tbackward: %.5g ms.", width, layer.name, bt)

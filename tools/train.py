@@ -146,6 +146,8 @@ def run(args):
             solver.add_listener(tensorboard)
             log.info("TensorBoard event files in %s (view: tensorboard --logdir %s)", args.tensorboard,
                      args.tensorboard)
+        if not solver.net.layers:
+            raise ConfigError(f"{args.solver}: its train net has no layers in the TRAIN phase; nothing to train")
         log.info("Starting Optimization")
         try:
             solver.solve(progress=progress)

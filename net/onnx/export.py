@@ -136,6 +136,10 @@ def export_model(model, weights=None, phase="TEST", static_batch=False, opset=OP
     from onnx import helper, numpy_helper
 
     net = _build_net(model, weights, phase)
+    if not net.layers:
+        from numcaffe.net.proto import caffe_pb2
+        raise OnnxError(f"{getattr(net, 'source', '<net>')}: the net has no layers in the "
+                        f"{caffe_pb2.Phase.Name(net.phase)} phase; an ONNX model needs at least one output")
     g = Graph(helper, numpy_helper)
     params = net.net_param.layer
     # The last layer that writes a blob names its value after the blob, earlier writers blob/layer;

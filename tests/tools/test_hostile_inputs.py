@@ -21,7 +21,7 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "t" top: "loss" 
 
 def run(cwd, *argv, timeout=60, env=None):
     """``numcaffe argv...`` in a new process: (exit status, stdout, stderr)."""
-    full_env = dict(os.environ, GLOG_minloglevel="1", **(env or {}))
+    full_env = {**os.environ, "GLOG_minloglevel": "1", **(env or {})}
     res = subprocess.run([sys.executable, "-m", "numcaffe.tools.cli", *argv], cwd=cwd, capture_output=True,
                          text=True, timeout=timeout, env=full_env)
     return res.returncode, res.stdout, res.stderr
@@ -120,3 +120,48 @@ def test_a_yaml_net_with_legitimate_aliases_still_loads(tmp_path):
     assert [p.lr_mult for p in net.layer[2].param] == [1, 2]
     assert net.layer[2].inner_product_param.num_output == 3
     assert net.layer[2].inner_product_param.weight_filler.type == "xavier"
+
+
+# ----------------------------------------------------------------------------- a net with no layers
+
+@pytest.fixture(params=["empty.prototxt", "empty.yaml"])
+def empty_net(request, tmp_path):
+    (tmp_path / request.param).write_text("# nothing\n")
+    (tmp_path / "solver.prototxt").write_text(f'net: "{request.param}"\nbase_lr: 0.01\nmax_iter: 2\n'
+                                              f'lr_policy: "fixed"\nsolver_mode: CPU\n')
+    status, _, err = run(tmp_path, "convert", request.param, "empty.caffemodel")
+    assert status == 0, err
+    return tmp_path, request.param
+
+
+def test_time_of_an_empty_net_is_a_clean_result(empty_net):
+    folder, net = empty_net
+    status, out, err = run(folder, "time", "--model", net, "--iterations", "2", env={"GLOG_minloglevel": "0"})
+    assert status == 0 and "Traceback" not in err, err
+    assert "Average Forward pass: " in err and "*** Benchmark ends ***" in err
+
+
+def test_gradcheck_draw_and_convert_of_an_empty_net_are_clean_results(empty_net):
+    folder, net = empty_net
+    status, out, err = run(folder, "gradcheck", net)
+    assert (status, err) == (0, "") and "checked 0 layer(s)" in out
+    status, out, err = run(folder, "draw", net, "empty.dot")
+    assert (status, err) == (0, "") and "digraph" in (folder / "empty.dot").read_text()
+    status, out, err = run(folder, "convert", net, "back.prototxt")
+    assert (status, err) == (0, "") and (folder / "back.prototxt").read_text() == ""
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["test", "--model", "NET", "--weights", "empty.caffemodel", "--iterations", "1"],
+     "NET: the net has no layers in the TEST phase; nothing to score"),
+    (["train", "--solver", "solver.prototxt"],
+     "solver.prototxt: its train net has no layers in the TRAIN phase; nothing to train"),
+    (["convert", "NET", "empty.onnx"],
+     "NET: the net has no layers in the TEST phase; an ONNX model needs at least one output"),
+])
+def test_scoring_training_or_exporting_an_empty_net_is_one_clean_line(empty_net, argv, needle):
+    folder, net = empty_net
+    before = digests(folder)
+    status, _, err = run(folder, *[a.replace("NET", net) for a in argv])
+    assert_one_clean_line(status, err, needle.replace("NET", net))
+    assert digests(folder) == before          # no snapshot, no half-written model
