@@ -267,6 +267,27 @@ def _dontneed(start, length):
     _libc.madvise(start, length, _MADV_DONTNEED)
 
 
+def _check_lmdb_size(env, path, subdir):
+    """Refuse a data file shorter than the pages its last transaction wrote.
+
+    LMDB reads through a memory map: touching a page past the end of a truncated data.mdb
+    (a copy cut short, a full disk) is SIGBUS, which kills the process with no message.
+    The meta page names the last page in use, so the size the file must have is known
+    before any page is read.
+    """
+    data = os.path.join(path, "data.mdb") if subdir else path
+    try:
+        have = os.path.getsize(data)
+        need_bytes = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    except OSError as e:
+        raise DataError(f"cannot open LMDB database {path!r}: {e.strerror or e}") from None
+    except Exception as e:  # lmdb.Error: a meta page it cannot read
+        raise DataError(f"LMDB database {path!r} is damaged: {e}") from None
+    if have < need_bytes:
+        raise DataError(f"LMDB database {path!r} is truncated: {os.path.basename(data)} holds {have} bytes, "
+                        f"its pages reach to byte {need_bytes} (a copy cut short or a full disk?)")
+
+
 class LMDBReader(Reader):
     def __init__(self, path):
         super().__init__(path, LMDB)
@@ -274,40 +295,75 @@ class LMDBReader(Reader):
         subdir = os.path.isdir(path)
 
         def opener():
+            data = os.path.join(path, "data.mdb") if subdir else path
+            if os.path.isfile(data) and os.path.getsize(data) == 0:
+                raise DataError(f"LMDB database {path!r} is truncated: {os.path.basename(data)} is empty")
             try:
-                return lmdb.open(path, readonly=True, lock=False, subdir=subdir, max_readers=512,
-                                 max_spare_txns=0)
+                env = lmdb.open(path, readonly=True, lock=False, subdir=subdir, max_readers=512,
+                                max_spare_txns=0)
             except lmdb.Error as e:
                 raise DataError(f"cannot open LMDB database {path!r}: {e}") from None
+            try:
+                _check_lmdb_size(env, path, subdir)
+            except BaseException:
+                env.close()
+                raise
+            return env
 
+        self._Error = lmdb.Error
         self._env = _Shared.acquire(LMDB, path, opener)
-        self._txn = self._env.begin(buffers=False)
-        self._cur = self._txn.cursor()
-        self.seek(None)
+        try:
+            self._txn = self._env.begin(buffers=False)
+            self._cur = self._txn.cursor()
+            self.seek(None)
+        except BaseException:
+            _Shared.release(LMDB, path)
+            raise
         self._map = _mapped_region(self._env)
         self._unreleased = 0
+
+    def _damaged(self, e):
+        return DataError(f"LMDB database {self.path!r} is damaged: {e}")
 
     def _release_pages(self):
         if self._map is not None and self._unreleased >= RELEASE_EVERY:
             _dontneed(*self._map)
             self._unreleased = 0
 
+    # Any other LMDB failure (a page that is not where the tree says, a corrupt header) is a
+    # DataError naming the database.
     def _first(self):
-        return self._cur.first()
+        try:
+            return self._cur.first()
+        except self._Error as e:
+            raise self._damaged(e) from None
 
     def _seek(self, key):
-        return self._cur.set_range(key)
+        try:
+            return self._cur.set_range(key)
+        except self._Error as e:
+            raise self._damaged(e) from None
 
     def _next(self):
-        return self._cur.next()
+        try:
+            return self._cur.next()
+        except self._Error as e:
+            raise self._damaged(e) from None
 
     def _item(self):
-        value = self._cur.value()
+        try:
+            value = self._cur.value()
+            key = self._cur.key()
+        except self._Error as e:
+            raise self._damaged(e) from None
         self._unreleased += len(value)
-        return self._cur.key(), value
+        return key, value
 
     def count(self):
-        return self._txn.stat()["entries"]
+        try:
+            return self._txn.stat()["entries"]
+        except self._Error as e:
+            raise self._damaged(e) from None
 
     def _close(self):
         self._cur.close()

@@ -165,3 +165,73 @@ def test_scoring_training_or_exporting_an_empty_net_is_one_clean_line(empty_net,
     status, _, err = run(folder, *[a.replace("NET", net) for a in argv])
     assert_one_clean_line(status, err, needle.replace("NET", net))
     assert digests(folder) == before          # no snapshot, no half-written model
+
+
+# ----------------------------------------------------------------------------- a truncated LMDB
+
+DATA_NET = """name: "d"
+layer { name: "data" type: "Data" top: "data" top: "label" data_param { source: "db" batch_size: 50 backend: LMDB } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def write_lmdb(path, n=2000):
+    """A real LMDB of n 1x8x8 Datums, written by numcaffe's convert tools' writer."""
+    import numpy as np
+
+    from numcaffe.net.data.db import array_datum, open_writer
+    rng = np.random.default_rng(0)
+    with open_writer(str(path)) as w:
+        for i in range(n):
+            w.put(b"%08d" % i, array_datum(rng.integers(0, 255, (1, 8, 8), dtype=np.uint8), i % 2)
+                  .SerializeToString())
+
+
+@pytest.fixture
+def data_folder(tmp_path):
+    write_lmdb(tmp_path / "db")
+    (tmp_path / "net.prototxt").write_text(DATA_NET)
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\nmax_iter: 4\nlr_policy: "fixed"\n'
+                                              'solver_mode: CPU\nsnapshot: 2\nsnapshot_prefix: "snap"\n')
+    from numcaffe.net import TEST, Net
+    Net(str(tmp_path / "net.prototxt"), TEST).save(str(tmp_path / "net.caffemodel"))
+    return tmp_path
+
+
+def test_a_truncated_lmdb_reads_as_a_signal_death_without_the_check(data_folder):
+    """The hazard itself: lmdb walking a data.mdb cut short touches a mapped page past its end."""
+    data = data_folder / "db" / "data.mdb"
+    assert data.stat().st_size > 120_000
+    os.truncate(data, 120_000)
+    code = ("import lmdb\nenv = lmdb.open('db', readonly=True, lock=False)\n"
+            "print(sum(1 for _ in env.begin().cursor()))\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=data_folder, capture_output=True, timeout=60)
+    assert res.returncode == -signal.SIGBUS
+
+
+@pytest.mark.parametrize("size", [0, 8_000, 120_000])
+@pytest.mark.parametrize("argv", [["test", "--model", "net.prototxt", "--weights", "net.caffemodel", "--iterations", "40"],
+                                  ["train", "--solver", "solver.prototxt"],
+                                  ["compute-mean", "db", "mean.binaryproto"]])
+def test_a_truncated_lmdb_is_one_clean_line_not_sigbus(data_folder, argv, size):
+    os.truncate(data_folder / "db" / "data.mdb", size)
+    before = digests(data_folder)
+    status, _, err = run(data_folder, *argv)
+    assert_one_clean_line(status, err, "LMDB database 'db' is truncated: data.mdb ")
+    assert digests(data_folder) == before       # no snapshot, no mean file, the database as it was
+
+
+def test_a_damaged_lmdb_page_is_one_clean_line(data_folder):
+    with open(data_folder / "db" / "data.mdb", "r+b") as f:
+        f.seek(4096 * 10)
+        f.write(b"\xff" * 4096 * 30)              # pages of the tree overwritten, the size intact
+    status, _, err = run(data_folder, "test", "--model", "net.prototxt", "--weights", "net.caffemodel",
+                         "--iterations", "40")
+    assert_one_clean_line(status, err, "LMDB database 'db' is damaged: ", "MDB_CORRUPTED")
+
+
+def test_the_intact_lmdb_scores(data_folder):
+    status, out, err = run(data_folder, "test", "--model", "net.prototxt", "--weights", "net.caffemodel",
+                           "--iterations", "40")
+    assert status == 0, err
