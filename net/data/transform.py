@@ -62,6 +62,76 @@ def load_mean_file(path):
     return np.ascontiguousarray(mean.reshape(shape[-3:]))
 
 
+_BOMB_FILTER = False       # whether Pillow's DecompressionBombWarning is an error yet
+
+
+def open_image(data, where="image"):
+    """A decoded Pillow image of ``data`` (encoded bytes or a path); every failure a DataError naming ``where``.
+
+    Pillow refuses images of more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels
+    (a "decompression bomb": a 40000x40000 1-bit PNG is 200 KB and decodes to 1.6
+    GB, 4.8 GB as RGB) with an error that is not an OSError, and only warns between
+    one and two times the limit.  numcaffe refuses both, in one line naming the
+    file, its size and the limit (raise ``PIL.Image.MAX_IMAGE_PIXELS`` to read
+    bigger images); for that the warning is an error in a numcaffe process.
+    """
+    import warnings
+
+    from numcaffe.net.data.db import DataError, need
+    need("PIL", "decoding images")
+    from PIL import Image, UnidentifiedImageError
+
+    global _BOMB_FILTER
+    if not _BOMB_FILTER:
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        _BOMB_FILTER = True
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        img = Image.open(src)
+        img.load()
+    except FileNotFoundError:
+        raise DataError(f"{where}: no such image file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{where}: an image of {_bomb_size(src, e)}, more than the {Image.MAX_IMAGE_PIXELS} pixels "
+                        f"numcaffe decodes (Pillow's decompression-bomb limit, PIL.Image.MAX_IMAGE_PIXELS)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{where}: cannot decode the image ({e})") from None
+    except MemoryError:
+        raise DataError(f"{where}: not enough memory to decode the image") from None
+    return img
+
+
+def _bomb_size(src, error):
+    """"WxH = N pixels", read from the header without Pillow's size check; N alone if that fails."""
+    import re
+
+    from PIL import Image
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    pixels = found.group(1) if found else "too many"
+    try:
+        Image.init()
+        fp = src if hasattr(src, "read") else open(src, "rb")
+        try:
+            fp.seek(0)
+            prefix = fp.read(16)
+            for fmt in Image.ID:
+                factory, accept = Image.OPEN[fmt]
+                if accept is not None and not accept(prefix):
+                    continue
+                fp.seek(0)
+                try:
+                    w, h = factory(fp, getattr(fp, "name", "")).size
+                except Exception:
+                    continue
+                return f"{w}x{h} = {w * h} pixels"
+        finally:
+            if fp is not src:
+                fp.close()
+    except Exception:
+        pass
+    return f"{pixels} pixels"
+
+
 def decode_image(data, color=None, size=None, where="image"):
     """An image (encoded bytes or a path) as a (channels, height, width) uint8 array in BGR order.
 
@@ -70,17 +140,9 @@ def decode_image(data, color=None, size=None, where="image"):
     a bilinear filter (Pillow's, which smooths when shrinking, so pixels differ
     slightly from OpenCV's ``cv::resize``).
     """
-    from numcaffe.net.data.db import DataError, need
-    need("PIL", "decoding images")
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        img = Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
-        img.load()
-    except FileNotFoundError:
-        raise DataError(f"{where}: no such image file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{where}: cannot decode the image ({e})") from None
+    img = open_image(data, where)
     gray_modes = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
     if color is None:
         color = img.mode not in gray_modes

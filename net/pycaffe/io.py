@@ -19,6 +19,7 @@ import numpy as np
 
 from numcaffe.net.blob import proto_array
 from numcaffe.net.data.db import DataError, array_datum, datum_array, need
+from numcaffe.net.data.transform import open_image
 from numcaffe.net.errors import ConfigError, ShapeError
 from numcaffe.net.proto import caffe_pb2
 
@@ -250,14 +251,7 @@ def load_image(filename, color=True):
     image with ``color=False`` becomes its luminance (0.2125 R + 0.7154 G + 0.0721 B, as pycaffe).
     """
     need("PIL", "caffe.io.load_image")
-    from PIL import Image, UnidentifiedImageError
-    try:
-        img = Image.open(filename)
-        img.load()
-    except FileNotFoundError:
-        raise DataError(f"{filename}: no such image file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{filename}: cannot decode the image ({e})") from None
+    img = open_image(filename, filename)
     if img.mode in _GREY_MODES:
         if img.mode == "F":
             a = np.asarray(img, dtype=np.float32)

@@ -235,3 +235,84 @@ def test_the_intact_lmdb_scores(data_folder):
     status, out, err = run(data_folder, "test", "--model", "net.prototxt", "--weights", "net.caffemodel",
                            "--iterations", "40")
     assert status == 0, err
+
+
+# ----------------------------------------------------------------------------- an image decompression bomb
+
+def write_png(path, width, height):
+    """A real 1-bit grey PNG of zeros, compressed row by row (Pillow's own writer takes 4 s for 40000x40000)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    z = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)            # filter byte 0, then the packed bits
+    body = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_the_png_writer_writes_what_pillow_reads(tmp_path):
+    from PIL import Image
+    write_png(tmp_path / "small.png", 37, 5)
+    with Image.open(tmp_path / "small.png") as im:
+        im.load()
+        assert (im.mode, im.size) == ("1", (37, 5)) and im.getextrema() == (0, 0)
+
+
+@pytest.fixture(scope="module")
+def bombs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bombs")
+    write_png(folder / "bomb.png", 40000, 40000)      # twice Pillow's limit and more: its DecompressionBombError
+    write_png(folder / "big.png", 10000, 10000)        # between one and two limits: Pillow only warns
+    write_png(folder / "ok.png", 8, 8)
+    assert (folder / "bomb.png").stat().st_size < 250_000
+    return folder
+
+
+IMAGE_NET = """name: "i"
+layer { name: "data" type: "ImageData" top: "data" top: "label"
+        image_data_param { source: "list.txt" batch_size: 1 is_color: false } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param { num_output: 2 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def _image_folder(tmp_path, bombs, name):
+    import shutil
+    for n in ("ok.png", name):
+        shutil.copy(bombs / n, tmp_path / n)
+    (tmp_path / "list.txt").write_text(f"{name} 0\nok.png 1\n")
+    (tmp_path / "net.prototxt").write_text(IMAGE_NET)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, pixels", [("bomb.png", "40000x40000 = 1600000000 pixels"),
+                                          ("big.png", "10000x10000 = 100000000 pixels")])
+def test_an_image_bomb_in_an_image_list_is_one_clean_line(tmp_path, bombs, name, pixels):
+    from PIL import Image
+    folder = _image_folder(tmp_path, bombs, name)
+    before = digests(folder)
+    status, _, err = run(folder, "time", "--model", "net.prototxt", "--iterations", "1")
+    assert_one_clean_line(status, err, f"'{name}': an image of {pixels}, more than the "
+                          f"{Image.MAX_IMAGE_PIXELS} pixels numcaffe decodes")
+    assert digests(folder) == before
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_an_image_bomb_in_convert_imageset_is_one_clean_line(tmp_path, bombs, encoded):
+    folder = _image_folder(tmp_path, bombs, "bomb.png")
+    before = digests(folder)
+    argv = ["convert-imageset", "./", "list.txt", "out_lmdb"] + (["--encoded", "--encode_type", "png"] if encoded else [])
+    status, _, err = run(folder, *argv)
+    assert_one_clean_line(status, err, "bomb.png: an image of 40000x40000 = 1600000000 pixels, more than")
+    assert digests(folder) == before            # no database, not even a partial one
+
+
+def test_load_image_refuses_the_bomb_too(bombs):
+    from numcaffe.net.data.db import DataError
+    from numcaffe.net.pycaffe.io import load_image
+    with pytest.raises(DataError, match=r"bomb\.png: an image of 40000x40000 = 1600000000 pixels"):
+        load_image(str(bombs / "bomb.png"))
+    assert load_image(str(bombs / "ok.png"), color=False).shape == (8, 8, 1)
