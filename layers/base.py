@@ -185,6 +185,11 @@ class Layer:
             raise ConfigError(f"{self.describe()} needs as many tops as bottoms "
                               f"({len(bottom)} bottoms, {len(top)} tops)")
 
+    def workspace_count(self):
+        """Floats of the thread's shared scratch arrays (layers/workspace.py) this layer's next pass will
+        ask for, at its current shapes; the net adds the biggest to its memory check."""
+        return 0
+
     def shape_error(self, message):
         return ShapeError(f"{self.describe()}: {message}")
 

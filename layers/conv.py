@@ -143,7 +143,7 @@ class BaseConvolutionLayer(Layer):
             if self.bias_term:
                 self.blobs.append(Blob((self.num_output,)))
                 fill(self.blobs[1], p.bias_filler, self.random)
-        self.buffers = Scratch()
+        self.buffers = Scratch(self.describe())
         self._geometry_key = None
 
     def Reshape(self, bottom, top):
@@ -187,6 +187,14 @@ class BaseConvolutionLayer(Layer):
                                   nd=self.force_nd)
         per_image = self.geo.rows * self.geo.P
         self.chunk = max(1, min(self.num, COL_LIMIT // max(per_image, 1)))
+
+    def workspace_count(self):
+        """The column buffer (K x chunk x P), and Deconvolution's input rows, the largest scratch arrays."""
+        geo = getattr(self, "geo", None)
+        if geo is None or getattr(self, "layout", None) == DEPTHWISE:
+            return 0
+        rows = self.channels * self.chunk * geo.P if self.reverse else 0
+        return geo.rows * self.chunk * geo.P + rows
 
     def _chunks(self):
         N, chunk = self.num, self.chunk

@@ -13,6 +13,9 @@ import weakref
 
 import numpy as np
 
+from numcaffe.net.errors import ShapeError
+from numcaffe.net.memory import fmt_bytes
+
 
 class Workspace:
     """Named float32 scratch arrays, and which layer took each last."""
@@ -51,14 +54,21 @@ def thread_workspace():
 class Scratch:
     """One layer's handle on the workspace of the thread it runs on."""
 
-    def __init__(self):
+    def __init__(self, what="a layer"):
         self.token = object()  # names the layer in the workspace without keeping it alive
+        self.what = what       # the layer, for an error message
         home = thread_workspace()
         home.users += 1
         weakref.finalize(self, home.leave)
 
     def get(self, name, size):
-        return thread_workspace().get(self.token, name, size)
+        try:
+            return thread_workspace().get(self.token, name, size)
+        except MemoryError:
+            # The net's memory check (net/memory.py) sees the workspace at build time; a net
+            # reshaped bigger afterwards (pycaffe's blob.reshape + net.reshape) lands here.
+            raise ShapeError(f"{self.what}: not enough memory for its {name!r} scratch array of {int(size)} "
+                             f"floats ({fmt_bytes(4 * int(size))})") from None
 
     def holds(self, name):
         """Whether no other layer has taken ``name`` since this one did."""

@@ -33,6 +33,7 @@ from numcaffe.net import random as nc_random
 from numcaffe.net.blob import Blob, proto_array, proto_shape
 from numcaffe.net.config import parse_binary, read_bytes, read_message
 from numcaffe.net.errors import ConfigError, ModelFileError, NumcaffeError
+from numcaffe.net.memory import Budget
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.net.upgrade import check_current
 
@@ -261,6 +262,7 @@ class Net:
         available = OrderedDict()
         seen_layer_names = set()
         memory_used = 0               # elements of all tops so far, as Caffe counts them
+        budget = Budget(param.name, self.source)   # tops + parameters + workspace against the machine's memory
         for layer_param in param.layer:
             if not layer_param.HasField("phase"):
                 layer_param.phase = self.phase
@@ -326,6 +328,7 @@ class Net:
             self._top_names.append(list(layer_param.top))
             layer_needs = any(need)
             layer_needs |= self._append_params(layer, layer_param)
+            budget.add_layer(layer, tops, layer.blobs)
             for name in layer_param.top:
                 self.blob_need_backward[name] = layer_needs
             self.bottom_need_backward.append(need)

@@ -316,3 +316,39 @@ def test_load_image_refuses_the_bomb_too(bombs):
     with pytest.raises(DataError, match=r"bomb\.png: an image of 40000x40000 = 1600000000 pixels"):
         load_image(str(bombs / "bomb.png"))
     assert load_image(str(bombs / "ok.png"), color=False).shape == (8, 8, 1)
+
+
+# ----------------------------------------------------------------------------- a net bigger than the machine
+
+HUGE_CONV = """name: "big"
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 dim: 2000 dim: 2000 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 4 kernel_size: 1000 } }
+"""
+
+
+@pytest.mark.parametrize("argv", [["time", "--model", "big.prototxt", "--iterations", "1"],
+                                  ["gradcheck", "big.prototxt"]])
+def test_a_terabyte_column_buffer_is_refused_before_it_is_allocated(tmp_path, argv):
+    (tmp_path / "big.prototxt").write_text(HUGE_CONV)
+    before = digests(tmp_path)
+    status, _, err = run(tmp_path, *argv)
+    assert_one_clean_line(status, err, "net 'big' needs at least 10.9 TiB by layer 'conv' "
+                          "(Convolution): blobs 61.1 MiB, parameters 45.8 MiB, workspace 10.9 TiB "
+                          "(the scratch arrays of layer 'conv'); this machine has ", " available")
+    assert digests(tmp_path) == before
+
+
+def test_the_sum_of_the_layers_is_checked_against_the_limit(tmp_path):
+    layers = "".join(f'layer {{ name: "r{i}" type: "ReLU" bottom: "{"x" if i == 0 else f"r{i - 1}"}" top: "r{i}" }}\n'
+                     for i in range(8))
+    (tmp_path / "deep.prototxt").write_text(
+        'name: "deep"\nlayer { name: "in" type: "Input" top: "x" input_param { shape { dim: 64 dim: 1000 } } }\n'
+        + layers)
+    # 9 tops of 64,000 floats, 256,000 bytes each: the fourth passes 1,000,000 bytes
+    status, _, err = run(tmp_path, "time", "--model", "deep.prototxt", "--iterations", "1",
+                         env={"NUMCAFFE_MAX_NET_BYTES": "1000000"})
+    assert_one_clean_line(status, err, "deep.prototxt: net 'deep' needs at least 1000 KiB by layer 'r2' (ReLU): blobs 1000 KiB, "
+                          "parameters 0 bytes; this machine has 977 KiB available")
+    status, _, err = run(tmp_path, "time", "--model", "deep.prototxt", "--iterations", "1",
+                         env={"NUMCAFFE_MAX_NET_BYTES": "0"})
+    assert status == 0, err
