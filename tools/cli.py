@@ -78,6 +78,17 @@ def _gflags_to_argparse(argv, parser):
 
 
 def main(argv=None):
+    """Run one command; its exit status.  Ctrl-C at any point, start-up included (importing numpy and
+    Numba, reading and building the net), is one line and status 130, as a shell reports a process
+    that SIGINT ended (Caffe's own start-up dies of the signal itself)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("numcaffe: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv):
     argv = sys.argv[1:] if argv is None else list(argv)
     commands = _commands()
     parser = build_parser(commands)
@@ -97,9 +108,6 @@ def main(argv=None):
             raise
         print(f"numcaffe: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("numcaffe: interrupted", file=sys.stderr)
-        return 130
     return int(status or 0)
 
 
