@@ -92,6 +92,16 @@ def get_solver(solver, **kwargs):
     return solver_class(solver.type)(solver, **kwargs)
 
 
+def _quiet_fp(method):
+    """Run ``method`` without numpy's overflow/invalid/divide RuntimeWarnings: in the training loop
+    a NaN or Inf is reported once, by the solver's own check (``_diverged``), naming the layer."""
+    def quiet(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return method(*args, **kwargs)
+    quiet.__name__, quiet.__doc__, quiet.__wrapped__ = method.__name__, method.__doc__, method
+    return quiet
+
+
 def _output_lines(net, names_values, loss_weights, label):
     """Caffe's ``    <label> output #i: name = v (* w = w*v loss)`` lines."""
     lines = []
@@ -424,6 +434,7 @@ class Solver:
             self.smoothed_loss += (loss - self.losses[idx]) / average_loss
             self.losses[idx] = loss
 
+    @_quiet_fp
     def step(self, iters):
         """Run ``iters`` iterations (Caffe's Solver::Step)."""
         p = self.param
