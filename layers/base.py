@@ -24,7 +24,7 @@ import difflib
 import numpy as np
 
 from numcaffe.net.blob import Blob, proto_array, proto_shape
-from numcaffe.net.errors import ConfigError, ShapeError
+from numcaffe.net.errors import ConfigError, ModelFileError, ShapeError
 
 #: type name -> Layer class.  A plain dict, filled by :func:`register`.
 LAYER_REGISTRY = {}
@@ -89,9 +89,12 @@ class Layer:
         self.rng = None  # a numpy Generator; the net sets one per layer, see `random`
         self.base_dir = None  # directory of the config file, for relative paths
         if len(param.blobs):
-            for bp in param.blobs:
+            for j, bp in enumerate(param.blobs):
                 b = Blob(proto_shape(bp))
-                b.data[...] = proto_array(bp)
+                try:
+                    b.data[...] = proto_array(bp)
+                except ShapeError as e:
+                    raise ModelFileError(f"layer {param.name!r} ({param.type}) parameter {j}: {e}") from None
                 self.blobs.append(b)
 
     # -- identity ------------------------------------------------------------

@@ -32,7 +32,7 @@ from numcaffe.layers.base import create_layer
 from numcaffe.net import random as nc_random
 from numcaffe.net.blob import Blob, proto_array, proto_shape
 from numcaffe.net.config import parse_binary, read_bytes, read_message
-from numcaffe.net.errors import ConfigError, ModelFileError, NumcaffeError
+from numcaffe.net.errors import ConfigError, ModelFileError, NumcaffeError, ShapeError
 from numcaffe.net.memory import Budget
 from numcaffe.net.proto import caffe_pb2
 from numcaffe.net.upgrade import check_current
@@ -269,7 +269,10 @@ class Net:
             if layer_param.name in seen_layer_names:
                 raise ConfigError(f"{self.source}: two layers are named {layer_param.name!r}")
             seen_layer_names.add(layer_param.name)
-            layer = create_layer(layer_param)
+            try:
+                layer = create_layer(layer_param)
+            except ModelFileError as e:        # blobs stored in the definition itself that do not fit
+                raise ModelFileError(f"{self.source}: {e}") from None
             layer.base_dir = self.base_dir
             layer.rng = nc_random.new_generator()
             log.info("Creating Layer %s", layer_param.name)
@@ -810,7 +813,10 @@ class Net:
                 if not shapes_match(bp, blob.shape):
                     raise ModelFileError(f"{where}: layer {name!r} parameter {j}: the file has shape "
                                          f"{proto_shape(bp)}, the net expects {blob.shape}")
-                blob.data[...] = proto_array(bp, blob.shape)
+                try:
+                    blob.data[...] = proto_array(bp, blob.shape)
+                except ShapeError as e:        # the shape fits but not the number of values under it
+                    raise ModelFileError(f"{where}: layer {name!r} parameter {j}: {e}") from None
             copied += 1
         if sources and not any(name in self._layer_index for name, _ in sources):
             log.warning("%s: no layer of this net has a name that is in the file; nothing was copied", where)
