@@ -44,6 +44,8 @@ def add_arguments(p):
     p.add_argument("--max-checks", type=int, default=100, help="elements checked per blob, picked at random "
                    "(default 100)")
     p.add_argument("--seed", type=int, default=1701, help="seed for inputs, objective weights and picks")
+    p.add_argument("--verbose", action="store_true",
+                   help="also log building the net (Caffe's lines, as train prints them); default: the report only")
 
 
 # ----------------------------------------------------------------------------- one layer
@@ -214,8 +216,16 @@ def run(args):
     param.force_backward = True       # every bottom that can take a gradient gets one
     import os
     stages = [s for s in args.stage.split(",") if s]
-    net = Net(param, args.phase, weights=args.weights, stages=stages, level=args.level,
-              base_dir=os.path.dirname(os.path.abspath(args.net)))
+    import logging
+    net_log = logging.getLogger("numcaffe.net")
+    level = net_log.level
+    if not args.verbose:
+        net_log.setLevel(max(level, logging.WARNING))   # warnings and errors still show
+    try:
+        net = Net(param, args.phase, weights=args.weights, stages=stages, level=args.level,
+                  base_dir=os.path.dirname(os.path.abspath(args.net)))
+    finally:
+        net_log.setLevel(level)
     names = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else None
     results = check_net(net, names, args.step, args.threshold, args.max_checks, args.seed)
     failed = [r.name for r in results if r.failed]
