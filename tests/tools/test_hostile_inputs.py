@@ -352,3 +352,128 @@ def test_the_sum_of_the_layers_is_checked_against_the_limit(tmp_path):
     status, _, err = run(tmp_path, "time", "--model", "deep.prototxt", "--iterations", "1",
                          env={"NUMCAFFE_MAX_NET_BYTES": "0"})
     assert status == 0, err
+
+
+# ----------------------------------------------------------------------------- Ctrl-C during start-up
+
+INTERRUPT = "import os, signal\nos.kill(os.getpid(), signal.SIGINT)   # as Ctrl-C would, right here\n"
+
+
+def test_ctrl_c_while_importing_is_one_line_and_status_130(tmp_path):
+    """A layer plugin (entry point group numcaffe.layers) is imported with numpy and Numba, before any
+    command runs; one that is interrupted stands for Ctrl-C pressed during those first seconds."""
+    dist = tmp_path / "interrupting_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: interrupting-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[numcaffe.layers]\nStop = interrupting_plugin:Stop\n")
+    (tmp_path / "interrupting_plugin.py").write_text(INTERRUPT + "Stop = None\n")
+    (tmp_path / "net.prototxt").write_text(NET)
+    before = digests(tmp_path)
+    status, out, err = run(tmp_path, "time", "--model", "net.prototxt", "--iterations", "1",
+                           env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    assert (status, err, out) == (130, "numcaffe: interrupted\n", "")
+    assert digests(tmp_path) == before
+
+
+def test_ctrl_c_while_building_the_net_is_one_line_and_status_130(tmp_path):
+    (tmp_path / "stop_layer.py").write_text(INTERRUPT.replace("import", "def setup_hook():\n    import", 1)
+                                            .replace("\nos.kill", "\n    os.kill") + '''
+import numcaffe.net.pycaffe as caffe
+
+
+class Stop(caffe.Layer):
+    def setup(self, bottom, top):
+        setup_hook()
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+''')
+    (tmp_path / "net.prototxt").write_text(NET + 'layer { name: "stop" type: "Python" bottom: "ip" top: "s" '
+                                                 'python_param { module: "stop_layer" layer: "Stop" } }\n')
+    for argv in (["time", "--model", "net.prototxt", "--iterations", "1"], ["gradcheck", "net.prototxt"]):
+        status, out, err = run(tmp_path, *argv, env={"PYTHONPATH": str(tmp_path)})
+        assert (status, err, out) == (130, "numcaffe: interrupted\n", ""), argv
+
+
+# ----------------------------------------------------------------------------- NaN/Inf: our line only
+
+DIVERGING = """name: "n"
+layer { name: "in" type: "DummyData" top: "x" top: "t"
+        dummy_data_param { shape { dim: 4 dim: 3 dim: 8 dim: 8 } shape { dim: 4 }
+                           data_filler { type: "gaussian" std: 1 } data_filler { type: "constant" value: 1 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "c"
+        convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }
+layer { name: "ip" type: "InnerProduct" bottom: "c" top: "ip"
+        inner_product_param { num_output: 30 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip" top: "ip2"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "t" top: "loss" }
+"""
+
+
+def test_numpy_runtime_warnings_do_not_precede_the_nan_message(tmp_path):
+    """base_lr 1e30 overflows float32 in the next forward's matmul (numpy warns there) and the
+    solver's own check stops the run: its line is the only one."""
+    (tmp_path / "net.prototxt").write_text(DIVERGING)
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 1e30\nmax_iter: 20\nlr_policy: "fixed"\n'
+                                              'solver_mode: CPU\nmomentum: 0.9\nsnapshot_prefix: "snap"\n')
+    status, _, err = run(tmp_path, "train", "--solver", "solver.prototxt")
+    assert_one_clean_line(status, err, "iteration 1: the first non-finite value is the top blob",
+                          "the state just before it is saved in snap_iter_1.solverstate")
+    assert "RuntimeWarning" not in err
+    assert (tmp_path / "snap_iter_1.caffemodel").is_file()    # the weights from before the NaN are kept
+
+
+# ----------------------------------------------------------------------------- weights of the wrong size
+
+SMALL = """name: "w"
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip" inner_product_param { num_output: 3 } }
+"""
+
+
+@pytest.fixture
+def weights_folder(tmp_path):
+    from numcaffe.net import TEST, Net
+    from numcaffe.net.proto import caffe_pb2
+    (tmp_path / "net.prototxt").write_text(SMALL)
+    Net(str(tmp_path / "net.prototxt"), TEST).save(str(tmp_path / "good.caffemodel"))
+    model = caffe_pb2.NetParameter()
+    model.ParseFromString((tmp_path / "good.caffemodel").read_bytes())
+    del model.layer[1].blobs[0].data[5:]            # shape (3, 3) kept, 5 of its 9 values left
+    (tmp_path / "short.caffemodel").write_bytes(model.SerializeToString())
+    wide = (tmp_path / "net.prototxt").read_text().replace("dim: 3 }", "dim: 4 }")
+    (tmp_path / "wide.prototxt").write_text(wide)
+    Net(str(tmp_path / "wide.prototxt"), TEST).save(str(tmp_path / "wide.h5"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["test", "--model", "net.prototxt", "--weights", "short.caffemodel", "--iterations", "1"],
+     "short.caffemodel: layer 'ip' parameter 0: blob holds 5 values but its shape (3, 3) needs 9"),
+    (["time", "--model", "short.caffemodel", "--iterations", "1"],
+     "short.caffemodel: layer 'ip' (InnerProduct) parameter 0: blob holds 5 values but its shape (3, 3) needs 9"),
+    (["test", "--model", "net.prototxt", "--weights", "wide.h5", "--iterations", "1"],
+     "wide.h5: layer 'ip' parameter 0: the file has shape (3, 4), the net expects (3, 3)"),
+    (["test", "--model", "net.prototxt", "--weights", "good.caffemodel,wide.h5", "--iterations", "1"],
+     "wide.h5: layer 'ip' parameter 0: the file has shape (3, 4), the net expects (3, 3)"),
+])
+def test_weights_of_the_wrong_size_name_the_file_the_layer_and_both_sizes(weights_folder, argv, needle):
+    before = digests(weights_folder)
+    status, _, err = run(weights_folder, *argv)
+    assert_one_clean_line(status, err, needle)
+    assert digests(weights_folder) == before
+
+
+# ----------------------------------------------------------------------------- gradcheck: the report only
+
+def test_gradcheck_prints_its_report_only_unless_asked(tmp_path):
+    (tmp_path / "net.prototxt").write_text(NET)
+    status, out, err = run(tmp_path, "gradcheck", "net.prototxt", "--max-checks", "5", env={"GLOG_minloglevel": "0"})
+    assert (status, err) == (0, "")
+    assert out.splitlines()[0].startswith("layer 'in' (Input)") and out.splitlines()[-1].startswith("checked ")
+    status, out, err = run(tmp_path, "gradcheck", "net.prototxt", "--max-checks", "5", "--verbose",
+                           env={"GLOG_minloglevel": "0"})
+    assert status == 0 and "Creating Layer ip" in err and "Network initialization done." in err
+    assert out.splitlines()[-1].startswith("checked ")
