@@ -204,44 +204,46 @@ def _check_nodes(root, ctx):
     alias that contains itself, or aliases that expand to more than ``ALIAS_EXPANSION_LIMIT``
     nodes beyond those the file holds, are refused here, before anything walks the expanded
     tree (the mapping onto the message does).  The work is bounded by the file's own nodes:
-    each node's expanded size is computed once, from its children's.
+    each list or mapping's expanded size is computed once, from its children's.
     """
-    size = {}                  # id(node) -> nodes in its expanded subtree; absent: not finished
-    open_ = set()              # ids of the nodes whose children are being sized (a cycle check)
+    _check_tag(root, ctx)
+    if isinstance(root, yaml.ScalarNode):
+        return
+    size = {}                  # id(list or mapping) -> nodes in its expanded subtree, once known
+    open_ = set()              # ids of those whose children are being sized: their ancestors' chain
+    held = 1                   # nodes the file holds (an aliased scalar counts once per list or mapping)
     stack = [(root, False)]
     while stack:
         node, children_done = stack.pop()
-        key = id(node)
+        kids = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
         if children_done:
-            kids = _children(node)
-            size[key] = 1 + sum(size[id(k)] for k in kids)
-            open_.discard(key)
+            size[id(node)] = 1 + sum(size.get(id(k), 1) for k in kids)
+            open_.discard(id(node))
             continue
-        if key in size:
+        if id(node) in size:
             continue
-        if key in open_:
-            raise ctx.error(node, "a YAML alias contains itself (a recursive anchor); configs are trees")
-        if node.tag.startswith("tag:yaml.org,2002:python") or node.tag.startswith("!"):
-            raise ctx.error(node, f"YAML tag {node.tag!r} is not allowed in configs (they hold plain data only)")
-        open_.add(key)
+        open_.add(id(node))
         stack.append((node, True))
-        for kid in _children(node):
+        held += len(kids)
+        for kid in kids:
+            _check_tag(kid, ctx)
+            if isinstance(kid, yaml.ScalarNode) or id(kid) in size:
+                continue
             if id(kid) in open_:
                 raise ctx.error(kid, "a YAML alias contains itself (a recursive anchor); configs are trees")
-            if id(kid) not in size:
-                stack.append((kid, False))
-    limit = len(size) + ALIAS_EXPANSION_LIMIT
+            stack.append((kid, False))
+    limit = held + ALIAS_EXPANSION_LIMIT
     if size[id(root)] > limit:
         raise ConfigError(f"{ctx.path}: YAML aliases expand to more than {limit} nodes (the file holds "
-                          f"{len(size)}); numcaffe refuses alias bombs")
+                          f"{held}); numcaffe refuses alias bombs")
 
 
-def _children(node):
-    if isinstance(node, yaml.SequenceNode):
-        return node.value
-    if isinstance(node, yaml.MappingNode):
-        return [n for kv in node.value for n in kv]
-    return ()
+_FORBIDDEN_TAGS = ("tag:yaml.org,2002:python", "!")
+
+
+def _check_tag(node, ctx):
+    if node.tag.startswith(_FORBIDDEN_TAGS):
+        raise ctx.error(node, f"YAML tag {node.tag!r} is not allowed in configs (they hold plain data only)")
 
 
 class _Ctx:
