@@ -477,3 +477,15 @@ def test_gradcheck_prints_its_report_only_unless_asked(tmp_path):
                            env={"GLOG_minloglevel": "0"})
     assert status == 0 and "Creating Layer ip" in err and "Network initialization done." in err
     assert out.splitlines()[-1].startswith("checked ")
+
+
+def test_an_image_bomb_met_by_the_prefetch_thread_in_training_is_one_clean_line(tmp_path, bombs):
+    """The first image sets the shapes at setup; the bomb is second, decoded by the batch-loading thread."""
+    folder = _image_folder(tmp_path, bombs, "bomb.png")
+    (folder / "list.txt").write_text("ok.png 1\nbomb.png 0\n")
+    (folder / "solver.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\nmax_iter: 5\nlr_policy: "fixed"\n'
+                                            'solver_mode: CPU\nsnapshot_after_train: false\n')
+    before = digests(folder)
+    status, _, err = run(folder, "train", "--solver", "solver.prototxt")
+    assert_one_clean_line(status, err, "layer 'data' (ImageData): 'bomb.png': an image of 40000x40000")
+    assert digests(folder) == before
