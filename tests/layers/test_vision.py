@@ -246,6 +246,18 @@ def test_nhwc_path_matches_the_oracle_and_the_row_path(params):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("params", ["kernel_size: 1 stride: 2", "kernel_size: 1"])
+def test_small_1x1_convolutions_skip_the_nhwc_layout_and_match_the_oracle(params):
+    fill = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
+    layer, bottom, top = make(f'type: "Convolution" convolution_param {{ num_output: 6 {params} {fill} }}',
+                              (4, 3, 12, 11))
+    assert layer.layout == "rows"                 # what a 3x3 of this size runs is "nhwc"
+    layer.Forward(bottom, top)
+    p = layer
+    ref = conv_ref(bottom[0].data, layer.blobs[0].data, layer.blobs[1].data, p.stride, p.pad, p.dilation, 1)
+    np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape", [(3, 2, 4, 4), (3, 2, 16, 16)])  # one GEMM per chunk; per image
 def test_chunked_batches_give_the_same_result(monkeypatch, shape):
     from numcaffe.layers import conv
