@@ -398,3 +398,17 @@ def test_scale_layer_gradients_on_a_wide_plane_match_numpy(learned):
     np.testing.assert_allclose(scale_diff, ds, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(layer.blobs[-1].diff, dy.sum(axis=(0, 2, 3)), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(bottom[0].diff, dy * s.reshape(1, 3, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ca, cb", [(1.0, 1.0), (0.5, -2.0), (1.0 / 3.0, 0.1)])
+def test_two_term_sum_equals_the_plain_passes_bitwise(ca, cb):
+    from numcaffe.layers.elementwise import axpy, weighted_sum2
+    r = np.random.RandomState(4)
+    a = r.standard_normal(1003).astype(np.float32)
+    b = (r.standard_normal(a.size) * 1e3).astype(np.float32)
+    plain = np.zeros_like(a)
+    axpy(ca, a, plain)
+    axpy(cb, b, plain)
+    y = np.empty_like(a)
+    weighted_sum2(ca, a, cb, b, y)
+    np.testing.assert_array_equal(y, plain)
