@@ -469,3 +469,18 @@ def test_the_workspace_is_freed_with_the_last_convolution_layer():
     t.start()
     t.join()
     assert seen == {"two": (2, True), "one": (1, True), "none": (0, False, False)}
+
+
+def test_lrn_square_root_kernels_equal_the_pow_ones_at_beta_075():
+    from numcaffe.layers.lrn import lrn_input_grad, lrn_input_grad_beta75, lrn_output, lrn_output_beta75
+    r = np.random.RandomState(8)
+    x = r.standard_normal(999).astype(np.float32)
+    scale = (1.0 + r.uniform(0, 50, x.size)).astype(np.float32)
+    dy, accum = r.standard_normal(x.size).astype(np.float32), r.standard_normal(x.size).astype(np.float32)
+    outs = [np.empty_like(x) for _ in range(4)]
+    lrn_output(x, scale, 0.75, outs[0])
+    lrn_output_beta75(x, scale, outs[1])
+    lrn_input_grad(dy, x, scale, accum, 0.75, 3e-4, outs[2])
+    lrn_input_grad_beta75(dy, x, scale, accum, 3e-4, outs[3])
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(outs[3], outs[2], rtol=1e-6, atol=1e-7)
