@@ -6,7 +6,8 @@ Nets (tests/net/zoo and configs/lenet): CIFAR-10 quick at batch 100, LeNet at ba
 AlexNet, GoogLeNet, ResNet-50, MobileNet v2 and SqueezeNet 1.1 at batch 8, each at TEST
 phase (BatchNorm with its stored statistics, Dropout off) with He-scaled random weights.
 The PyTorch side (bench/torch_replay.py) is built from the same NetParameter in a child
-process (its OpenMP pool would fight OpenBLAS's threads in this one), gets numcaffe's
+process right after numcaffe's figures for that net (its OpenMP pool would fight
+OpenBLAS's threads in this process), gets numcaffe's
 weights and input copied in, and reports the max relative difference of the outputs
 (``diff``, a sanity column: float32 summation order alone gives ~1e-6).
 
@@ -314,19 +315,21 @@ def main():
         threadpool_limits(args.threads)
     except ImportError:
         pass
-    nc, input_diff = {}, {}
+    # Net by net, numcaffe then torch right after it, so that machine load changing during the
+    # run hits the two sides of one ratio alike.
+    nc, th = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench_zoo_") as workdir:
         for name in args.nets:
-            net, input_diff[name] = numcaffe_net(name, workdir)
+            net, input_diff = numcaffe_net(name, workdir)
             nc[name] = numcaffe_times(net, args.rounds, name == args.layers)
             del net
-        print(f"numcaffe: {blas_info()}", flush=True)
-        spec = json.dumps({"dir": workdir, "input_diff": input_diff})
-        cmd = [sys.executable, os.path.abspath(__file__), "--nets", ",".join(args.nets), "--threads",
-               str(args.threads), "--rounds", str(args.rounds), "--torch-worker", spec]
-        if args.layers:
-            cmd += ["--layers", args.layers]
-        th = json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
+            spec = json.dumps({"dir": workdir, "input_diff": {name: input_diff}})
+            cmd = [sys.executable, os.path.abspath(__file__), "--nets", name, "--threads",
+                   str(args.threads), "--rounds", str(args.rounds), "--torch-worker", spec]
+            if args.layers == name:
+                cmd += ["--layers", args.layers]
+            th.update(json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout))
+    print(f"numcaffe: {blas_info()}")
     print(f"{th.pop('_torch')}; min of {args.rounds} rounds after a warm-up\n")
     report(nc, th, args)
 
