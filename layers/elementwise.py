@@ -57,6 +57,17 @@ def add_into(dst, src):
 
 
 @njit(cache=True)
+def weighted_sum2(ca, a, cb, b, y):
+    """y = ca * a + cb * b in one pass (Eltwise SUM of two bottoms, Split's backward with two tops).
+
+    Rounded as axpy twice onto zeros is: the first term to float32, then the sum; so the
+    same numbers as the plain passes, with one write of y instead of three."""
+    for i in range(y.size):
+        first = np.float32(ca * a[i])
+        y[i] = first + cb * b[i]
+
+
+@njit(cache=True)
 def div_mul(y, x, dy, dx):
     """dx = y / x * dy  (the product of the other bottoms, recovered by division)."""
     for i in range(dx.size):
@@ -133,6 +144,8 @@ class EltwiseLayer(Layer):
             mul_into(bottom[0].flat_data, bottom[1].flat_data, y)
             for b in bottom[2:]:
                 mul_into(y, b.flat_data, y)
+        elif self.op == SUM and len(bottom) == 2:
+            weighted_sum2(self.coeffs[0], bottom[0].flat_data, self.coeffs[1], bottom[1].flat_data, y)
         elif self.op == SUM:
             y[...] = 0.0
             for c, b in zip(self.coeffs, bottom):
@@ -228,6 +241,38 @@ def reduce_sum(dy, outer, dim, inner, db, accumulate):
             db[d] = acc
 
 
+#: Partial sums per channel in reduce_product_and_sum: independent chains the loop runs side by side.
+LANES = 8
+
+
+@njit(cache=True)
+def reduce_product_and_sum(dy, x, outer, dim, inner, ds, db):
+    """ds[d] = sum_{o,i} dy * x and db[d] = sum_{o,i} dy, in one pass over dy and x.
+
+    reduce_product and reduce_sum with LANES partial sums per channel: one running
+    sum is a chain of dependent adds (one element per add latency); LANES of them
+    vectorise.  The same sums in another order: equal to float tolerance.
+    """
+    ps = np.zeros(LANES)
+    pb = np.zeros(LANES)
+    body = inner - inner % LANES
+    for d in range(dim):
+        ps[:] = 0.0
+        pb[:] = 0.0
+        for o in range(outer):
+            base = (o * dim + d) * inner
+            for i in range(base, base + body, LANES):
+                for k in range(LANES):
+                    g = dy[i + k]
+                    ps[k] += g * x[i + k]
+                    pb[k] += g
+            for i in range(base + body, base + inner):
+                ps[0] += dy[i] * x[i]
+                pb[0] += dy[i]
+        ds[d] = ps.sum()
+        db[d] = pb.sum()
+
+
 def _broadcast_shape(layer, x_shape, axis, num_axes, what):
     """The shape of a learned scale/bias: x_shape[axis : axis+num_axes] (num_axes -1: to the end)."""
     if num_axes < -1:
@@ -287,6 +332,7 @@ class ScaleLayer(Layer):
                               f"({'learned scale' if learned else 'scale from bottom[1]'}"
                               f"{', bias' if self.bias_term else ''}), got {len(self.blobs)}")
         self._x_copy = np.zeros(0, dtype=np.float32)
+        self._sums = np.zeros(0)
 
     def _scale(self, bottom):
         return bottom[1] if len(bottom) > 1 else self.blobs[0]
@@ -323,13 +369,26 @@ class ScaleLayer(Layer):
 
     def Backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].flat_diff
-        if self.bias_term and self.param_propagate_down[-1]:
-            reduce_sum(dy, self.outer, self.dim, self.inner, self.blobs[-1].flat_diff, True)
         learned = len(bottom) == 1
         s = self._scale(bottom)
-        if (learned and self.param_propagate_down[0]) or (not learned and propagate_down[1]):
-            x = self._x_copy[: bottom[0].count] if top[0] is bottom[0] else bottom[0].flat_data
-            reduce_product(dy, x, self.outer, self.dim, self.inner, s.flat_diff, learned)
+        want_b = self.bias_term and self.param_propagate_down[-1]
+        want_s = (learned and self.param_propagate_down[0]) or (not learned and propagate_down[1])
+        x = self._x_copy[: bottom[0].count] if top[0] is bottom[0] else bottom[0].flat_data
+        if want_b and want_s and self.inner >= LANES:     # both sums in one vectorised pass
+            if self._sums.size != 2 * self.dim:
+                self._sums = np.zeros(2 * self.dim)
+            sums = self._sums
+            reduce_product_and_sum(dy, x, self.outer, self.dim, self.inner, sums[:self.dim], sums[self.dim:])
+            self.blobs[-1].flat_diff[...] += sums[self.dim:]
+            if learned:
+                s.flat_diff[...] += sums[:self.dim]
+            else:
+                s.flat_diff[...] = sums[:self.dim]
+        else:
+            if want_b:
+                reduce_sum(dy, self.outer, self.dim, self.inner, self.blobs[-1].flat_diff, True)
+            if want_s:
+                reduce_product(dy, x, self.outer, self.dim, self.inner, s.flat_diff, learned)
         if propagate_down[0]:
             dx = bottom[0].flat_diff
             if top[0] is not bottom[0]:

@@ -15,6 +15,8 @@ directly here; note that ``k`` is not used, the shift is 1)::
 
 ``local_size`` must be odd, as in Caffe.
 """
+import math
+
 import numpy as np
 from numba import njit
 
@@ -84,6 +86,16 @@ def lrn_output(x, scale, beta, y):
 
 
 @njit(cache=True)
+def lrn_output_beta75(x, scale, y):
+    """lrn_output for beta = 0.75 (AlexNet's, GoogLeNet's, CaffeNet's):
+    scale^-0.75 = 1 / (sqrt(scale) * sqrt(sqrt(scale))), two square roots that vectorise where
+    pow does not (GoogLeNet's conv2/norm2 at batch 8: 82 ms with pow)."""
+    for i in range(x.size):
+        r = math.sqrt(scale[i])
+        y[i] = x[i] / (r * math.sqrt(r))
+
+
+@njit(cache=True)
 def lrn_ratio(dy, y, scale, ratio):
     """ratio = dy * y / scale (what the window sum of the backward pass adds up)."""
     for i in range(dy.size):
@@ -95,6 +107,14 @@ def lrn_input_grad(dy, x, scale, accum, beta, coef, dx):
     """dx = dy * scale^-beta - coef * x * accum."""
     for i in range(dx.size):
         dx[i] = dy[i] * scale[i] ** -beta - coef * x[i] * accum[i]
+
+
+@njit(cache=True)
+def lrn_input_grad_beta75(dy, x, scale, accum, coef, dx):
+    """lrn_input_grad for beta = 0.75, by square roots as lrn_output_beta75."""
+    for i in range(dx.size):
+        r = math.sqrt(scale[i])
+        dx[i] = dy[i] / (r * math.sqrt(r)) - coef * x[i] * accum[i]
 
 
 @register("LRN")
@@ -145,7 +165,10 @@ class LRNLayer(Layer):
         scale = self.scale[:b.count]
         base = self.k if self.region == LP.ACROSS_CHANNELS else 1.0
         self._window_sum(x, b.shape, base, self._coef(), True, scale)
-        lrn_output(x, scale, self.beta, top[0].flat_data)
+        if self.beta == 0.75:
+            lrn_output_beta75(x, scale, top[0].flat_data)
+        else:
+            lrn_output(x, scale, self.beta, top[0].flat_data)
 
     def Backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -156,5 +179,8 @@ class LRNLayer(Layer):
         lrn_ratio(top[0].flat_diff, top[0].flat_data, scale, ratio)
         accum = b.flat_diff  # the window sum goes straight into dx, then is combined in place
         self._window_sum(ratio, b.shape, 0.0, 1.0, False, accum)
-        lrn_input_grad(top[0].flat_diff, b.flat_data, scale, accum, self.beta,
-                       2.0 * self.beta * self._coef(), b.flat_diff)
+        coef = 2.0 * self.beta * self._coef()
+        if self.beta == 0.75:
+            lrn_input_grad_beta75(top[0].flat_diff, b.flat_data, scale, accum, coef, b.flat_diff)
+        else:
+            lrn_input_grad(top[0].flat_diff, b.flat_data, scale, accum, self.beta, coef, b.flat_diff)

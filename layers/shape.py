@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import Layer, register
-from numcaffe.layers.elementwise import add_into
+from numcaffe.layers.elementwise import add_into, weighted_sum2
 from numcaffe.net.errors import ConfigError, ShapeError
 
 
@@ -78,6 +78,9 @@ class SplitLayer(Layer):
         if not propagate_down[0]:
             return
         dx = bottom[0].flat_diff
+        if len(top) == 2:
+            weighted_sum2(1.0, top[0].flat_diff, 1.0, top[1].flat_diff, dx)
+            return
         dx[...] = top[0].flat_diff
         for t in top[1:]:
             add_into(dx, t.flat_diff)

@@ -364,3 +364,51 @@ def test_mvn_eps_is_added_to_the_standard_deviation():
     bottom, top = setup(layer, x)
     layer.Forward(bottom, top)
     np.testing.assert_allclose(top[0].data, [[-1 / 1.5, 1 / 1.5], [-2 / 2.5, 2 / 2.5]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("outer, dim, inner", [(2, 3, 8), (3, 5, 19), (8, 4, 196)])
+def test_scale_one_pass_gradients_equal_the_plain_reductions(outer, dim, inner):
+    from numcaffe.layers.elementwise import reduce_product, reduce_product_and_sum, reduce_sum
+    r = np.random.RandomState(inner)
+    dy = r.standard_normal(outer * dim * inner).astype(np.float32)
+    x = r.standard_normal(dy.size).astype(np.float32)
+    ds, db = np.zeros(dim), np.zeros(dim)
+    reduce_product_and_sum(dy, x, outer, dim, inner, ds, db)
+    ds_plain, db_plain = np.zeros(dim, np.float32), np.zeros(dim, np.float32)
+    reduce_product(dy, x, outer, dim, inner, ds_plain, False)
+    reduce_sum(dy, outer, dim, inner, db_plain, False)
+    np.testing.assert_allclose(ds, ds_plain, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(db, db_plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_scale_layer_gradients_on_a_wide_plane_match_numpy(learned):
+    x = rs.randn(2, 3, 5, 7)                        # inner 35: the one-pass kernel
+    s = rs.randn(3)
+    layer = make('type: "Scale" scale_param { bias_term: true }')
+    bottom, top = setup(layer, x) if learned else setup(layer, x, s)
+    if learned:
+        layer.blobs[0].data[...] = s
+    layer.Forward(bottom, top)
+    dy = rs.randn(*x.shape).astype(np.float32)
+    top[0].diff[...] = dy
+    layer.Backward(top, [True, True], bottom)
+    ds = (dy * x).sum(axis=(0, 2, 3))
+    scale_diff = layer.blobs[0].diff if learned else bottom[1].diff
+    np.testing.assert_allclose(scale_diff, ds, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(layer.blobs[-1].diff, dy.sum(axis=(0, 2, 3)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bottom[0].diff, dy * s.reshape(1, 3, 1, 1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ca, cb", [(1.0, 1.0), (0.5, -2.0), (1.0 / 3.0, 0.1)])
+def test_two_term_sum_equals_the_plain_passes_bitwise(ca, cb):
+    from numcaffe.layers.elementwise import axpy, weighted_sum2
+    r = np.random.RandomState(4)
+    a = r.standard_normal(1003).astype(np.float32)
+    b = (r.standard_normal(a.size) * 1e3).astype(np.float32)
+    plain = np.zeros_like(a)
+    axpy(ca, a, plain)
+    axpy(cb, b, plain)
+    y = np.empty_like(a)
+    weighted_sum2(ca, a, cb, b, y)
+    np.testing.assert_array_equal(y, plain)

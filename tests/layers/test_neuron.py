@@ -334,3 +334,19 @@ def test_sigmoid_and_bnll_do_not_overflow():
         t.diff[...] = 1.0
         layer.Backward([t], [True], [b])
         assert np.all(np.isfinite(t.data)) and np.all(np.isfinite(b.diff)), text
+
+
+def test_clip_mask_kernels_equal_the_plain_ones():
+    from numcaffe.layers.neuron import clip_backward, clip_backward_inside, clip_forward, clip_forward_inside
+    rs = np.random.RandomState(3)
+    x = (rs.standard_normal(1001) * 4).astype(np.float32)
+    x[:4] = [0.0, 6.0, -np.inf, np.inf]                 # the bounds themselves are inside
+    dy = rs.standard_normal(x.size).astype(np.float32)
+    y_plain, dx_plain = np.empty_like(x), np.empty_like(x)
+    clip_forward(x, y_plain, 0.0, 6.0)
+    clip_backward(x, dy, dx_plain, 0.0, 6.0)
+    y, d, inside = x.copy(), dy.copy(), np.empty(x.size, np.bool_)
+    clip_forward_inside(y, inside, 0.0, 6.0)
+    clip_backward_inside(inside, d)
+    np.testing.assert_array_equal(y, y_plain)
+    np.testing.assert_array_equal(d, dx_plain)

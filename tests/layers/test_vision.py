@@ -246,6 +246,18 @@ def test_nhwc_path_matches_the_oracle_and_the_row_path(params):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("params", ["kernel_size: 1 stride: 2", "kernel_size: 1"])
+def test_small_1x1_convolutions_skip_the_nhwc_layout_and_match_the_oracle(params):
+    fill = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
+    layer, bottom, top = make(f'type: "Convolution" convolution_param {{ num_output: 6 {params} {fill} }}',
+                              (4, 3, 12, 11))
+    assert layer.layout == "rows"                 # what a 3x3 of this size runs is "nhwc"
+    layer.Forward(bottom, top)
+    p = layer
+    ref = conv_ref(bottom[0].data, layer.blobs[0].data, layer.blobs[1].data, p.stride, p.pad, p.dilation, 1)
+    np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape", [(3, 2, 4, 4), (3, 2, 16, 16)])  # one GEMM per chunk; per image
 def test_chunked_batches_give_the_same_result(monkeypatch, shape):
     from numcaffe.layers import conv
@@ -457,3 +469,18 @@ def test_the_workspace_is_freed_with_the_last_convolution_layer():
     t.start()
     t.join()
     assert seen == {"two": (2, True), "one": (1, True), "none": (0, False, False)}
+
+
+def test_lrn_square_root_kernels_equal_the_pow_ones_at_beta_075():
+    from numcaffe.layers.lrn import lrn_input_grad, lrn_input_grad_beta75, lrn_output, lrn_output_beta75
+    r = np.random.RandomState(8)
+    x = r.standard_normal(999).astype(np.float32)
+    scale = (1.0 + r.uniform(0, 50, x.size)).astype(np.float32)
+    dy, accum = r.standard_normal(x.size).astype(np.float32), r.standard_normal(x.size).astype(np.float32)
+    outs = [np.empty_like(x) for _ in range(4)]
+    lrn_output(x, scale, 0.75, outs[0])
+    lrn_output_beta75(x, scale, outs[1])
+    lrn_input_grad(dy, x, scale, accum, 0.75, 3e-4, outs[2])
+    lrn_input_grad_beta75(dy, x, scale, accum, 3e-4, outs[3])
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(outs[3], outs[2], rtol=1e-6, atol=1e-7)
