@@ -97,32 +97,12 @@ def load_param(path, batch):
     return filter_net(param, param.state)
 
 
-def randomize(net, rng):
-    """He-scaled weights, small biases, BatchNorm statistics of a trained net."""
-    import numpy as np
-    for layer in net.layers:
-        blobs = layer.blobs
-        if layer.type in ("Convolution", "InnerProduct"):
-            w = blobs[0]
-            fan_in = w.count // w.shape[0]
-            w.data[...] = rng.standard_normal(w.shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
-            for b in blobs[1:]:
-                b.data[...] = rng.uniform(-0.1, 0.1, b.shape)
-        elif layer.type == "BatchNorm":
-            c = blobs[0].count
-            blobs[2].data[...] = 2.0
-            blobs[0].data[...] = 2.0 * rng.uniform(-0.1, 0.1, c)
-            blobs[1].data[...] = 2.0 * rng.uniform(0.5, 1.5, c)
-        elif layer.type == "Scale":
-            blobs[0].data[...] = rng.uniform(0.5, 1.0, blobs[0].shape)
-            for b in blobs[1:]:
-                b.data[...] = rng.uniform(-0.1, 0.1, b.shape)
-
-
 def numcaffe_net(name, workdir):
     """Build, randomize, feed one net; save param, weights, input and outputs for the torch side."""
     import numpy as np
     from numcaffe.net.net import Net
+    sys.path.insert(0, ROOT)
+    from tests.net.test_zoo import randomize    # the weights the zoo and ONNX tests use
     path, batch = NETS[name]
     param = load_param(path, batch)
     net = Net(param, 1)

@@ -34,7 +34,9 @@ def build(filename, phase=TEST, **kw):
 
 
 def randomize(net, seed=0):
-    """He-scaled random weights, small biases, BatchNorm statistics of a trained net."""
+    """He-scaled random weights, small biases, BatchNorm statistics of a trained net.
+
+    ``seed`` is a seed or a numpy Generator (bench/bench_zoo.py passes its own)."""
     rng = np.random.default_rng(seed)
     for layer in net.layers:
         blobs = layer.blobs
