@@ -244,7 +244,7 @@ class Solver:
                 raise ConfigError(f"{name} must be >= 0 (got {getattr(p, name)})")
         if any(t < 0 for t in p.test_iter):
             raise ConfigError(f"test_iter must be >= 0 (got {list(p.test_iter)})")
-        lr_policy.check_policy(p)
+        lr_policy.check_policy(p, self.source)
         if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             from numcaffe.net.hdf5 import require_h5py
             require_h5py("snapshot_format: HDF5")
