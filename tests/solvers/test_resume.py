@@ -7,7 +7,9 @@ test net in the loop; and again with MemoryData batches, which need no
 optional package.  Also: the HDF5 snapshot format, the atomicity of
 snapshot files under a kill, and a real Caffe solverstate.
 """
+import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,3 +236,135 @@ def test_learned_net_is_found_next_to_the_state_file(tmp_path):
     solver = get_solver(param)
     solver.restore(str(FIXTURES / "lenet_iter_10000.solverstate"))   # cwd is elsewhere
     assert solver.iter == 10000
+
+
+# ------------------------------------------------------------------ sealed states: numcaffe's checksums
+
+def snapshot_pair(workdir, iters=3, extra="", solver_type="SGD"):
+    solver = make_solver(workdir, solver_type, extra)
+    solver.step(iters)
+    state_file = solver.snapshot()
+    return solver, state_file, solver._last_snapshot[1]
+
+
+def test_every_single_flipped_byte_of_a_state_is_an_error(workdir):
+    from numcaffe.solvers.state import read_state
+    _, state_file, _ = snapshot_pair(workdir)
+    raw = Path(state_file).read_bytes()
+    assert len(raw) > 1000
+    bad = workdir / "bad.solverstate"
+    seen = {"sha": 0, "missing": 0, "parse": 0}
+    for i in range(len(raw)):
+        for bit in (0x01, 0x80):
+            flipped = bytearray(raw)
+            flipped[i] ^= bit
+            bad.write_bytes(bytes(flipped))
+            with pytest.raises(ModelFileError) as e:
+                read_state(str(bad))
+            msg = str(e.value)
+            assert msg.startswith(str(bad) + ": "), msg
+            if "the solver state is corrupt: its content does not match the SHA-256 written with it" in msg:
+                seen["sha"] += 1
+            elif "it was written with a SHA-256 of its content, which is missing now" in msg:
+                seen["missing"] += 1                 # the digest field's own tag was hit
+            else:
+                assert "not a valid binary SolverState" in msg, msg   # protobuf's own refusal
+                seen["parse"] += 1
+    assert seen["sha"] > 10 * seen["parse"] > 0 and seen["missing"] > 0   # most flips parse: the digest catches them
+
+
+def test_a_corrupt_state_names_the_file_and_both_digests_and_changes_nothing(workdir):
+    _, state_file, _ = snapshot_pair(workdir)
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(Path(state_file).read_bytes())
+    written = state.state_sha256.hex()[:12]
+    state.history[0].data[3] += 1e-3               # parses, looks plausible: the silent case
+    Path(state_file).write_bytes(state.SerializeToString(deterministic=True))
+    fresh = make_solver(workdir, "SGD")
+    before = weights(fresh)
+    with pytest.raises(ModelFileError, match=re.escape(
+            f"{state_file}: the solver state is corrupt: its content does not match the SHA-256 written with it "
+            f"(written {written}, now ")) as e:
+        fresh.restore(state_file)
+    assert re.search(r"now [0-9a-f]{12}\); resume from another snapshot$", str(e.value))
+    assert fresh.iter == 0 and all(np.array_equal(a, b) for a, b in zip(before, weights(fresh)))
+
+
+def test_a_sealed_state_that_lost_its_digest_is_an_error(workdir):
+    _, state_file, _ = snapshot_pair(workdir)
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(Path(state_file).read_bytes())
+    state.ClearField("state_sha256")
+    Path(state_file).write_bytes(state.SerializeToString())
+    with pytest.raises(ModelFileError, match="it was written with a SHA-256 of its content, which is missing now"):
+        make_solver(workdir, "SGD").restore(state_file)
+
+
+def test_a_caffemodel_from_another_run_is_an_error_naming_both_files(workdir):
+    _, state_a, model_a = snapshot_pair(workdir, iters=3)
+    other = make_solver(workdir, "SGD", 'snapshot_prefix: "other/run"')
+    other.step(5)
+    other.snapshot()
+    model_b = other._last_snapshot[1]
+    Path(model_a).write_bytes(Path(model_b).read_bytes())       # run B's weights under run A's name
+    fresh = make_solver(workdir, "SGD")
+    before = weights(fresh)
+    with pytest.raises(ModelFileError) as e:
+        fresh.restore(state_a)
+    msg = str(e.value)
+    assert msg.startswith(f"{state_a}: its weights file {model_a} is not the one written with it (SHA-256 "), msg
+    assert msg.endswith("the file was replaced or overwritten (another run with the same snapshot_prefix?) "
+                        "or is corrupt")
+    assert fresh.iter == 0 and all(np.array_equal(a, b) for a, b in zip(before, weights(fresh)))
+    # one flipped byte in the weights is the same error
+    good = make_solver(workdir, "SGD")
+    good.step(3)
+    good.snapshot()
+    raw = bytearray(Path(model_a).read_bytes())
+    raw[len(raw) // 2] ^= 0x04
+    Path(model_a).write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="is not the one written with it"):
+        make_solver(workdir, "SGD").restore(state_a)
+
+
+def test_hdf5_states_are_sealed_too(workdir):
+    import h5py
+    _, state_file, model = snapshot_pair(workdir, extra="snapshot_format: HDF5", solver_type="Adam")
+    with h5py.File(state_file, "r") as f:
+        assert len(f["state_sha256"][()]) == 32
+        assert bytes(f["learned_net_sha256"][()]) == hashlib.sha256(Path(model).read_bytes()).digest()
+        history0 = np.asarray(f["history"]["0"][()], dtype=np.float32).tobytes()
+        json_bytes = np.asarray(f["numcaffe_state"][()]).tobytes()
+    raw = Path(state_file).read_bytes()
+    assert raw.count(history0) == 1 and raw.count(json_bytes) == 1
+    for at in (raw.index(history0) + 5, raw.index(json_bytes) + len(json_bytes) // 2):
+        flipped = bytearray(raw)
+        flipped[at] ^= 0x01                      # a value in a dataset: HDF5 reads it without complaint
+        Path(state_file).write_bytes(bytes(flipped))
+        with pytest.raises(ModelFileError, match=re.escape(f"{state_file}: the solver state is corrupt: its "
+                                                           f"content does not match the SHA-256 written with it")):
+            make_solver(workdir, "Adam", "snapshot_format: HDF5").restore(state_file)
+    Path(state_file).write_bytes(raw)
+    fresh = make_solver(workdir, "Adam", "snapshot_format: HDF5")
+    fresh.restore(state_file)
+    assert fresh.iter == 3
+    raw_model = bytearray(Path(model).read_bytes())
+    weights_bytes = fresh.net.params["ip1"][0].data.tobytes()
+    raw_model[raw_model.index(weights_bytes) + 2] ^= 0x10
+    Path(model).write_bytes(bytes(raw_model))
+    with pytest.raises(ModelFileError, match=re.escape(f"{state_file}: its weights file {model} is not the one "
+                                                       f"written with it")):
+        make_solver(workdir, "Adam", "snapshot_format: HDF5").restore(state_file)
+
+
+def test_a_damaged_history_blob_names_the_file_the_blob_its_parameter_and_the_sizes(workdir):
+    _, state_file, _ = snapshot_pair(workdir)
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(Path(state_file).read_bytes())
+    for name in ("numcaffe_state", "learned_net_sha256", "state_sha256"):   # as a Caffe state: no digest
+        state.ClearField(name)
+    del state.history[2].data[5:]
+    Path(state_file).write_bytes(state.SerializeToString())
+    with pytest.raises(ModelFileError, match=re.escape(
+            f"{state_file}: history blob 2 (ip2[0]) is corrupt (blob holds 5 values but its shape (3, 6) needs 18)")):
+        make_solver(workdir, "SGD").restore(state_file)
