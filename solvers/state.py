@@ -271,7 +271,7 @@ def read_hdf5(path, history_names=None):
             extra_bytes = _h5_raw(f, "numcaffe_state")
             net_sha = _h5_raw(f, "learned_net_sha256")
             written = _h5_raw(f, "state_sha256")
-        except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as e:
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as e:
             raise ModelFileError(f"{path}: not a readable HDF5 solver state ({e}); the file is corrupt") from None
     if written is not None:
         actual = _hdf5_digest(it, learned_net, current_step, history, extra_bytes, net_sha)

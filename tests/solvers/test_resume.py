@@ -368,3 +368,30 @@ def test_a_damaged_history_blob_names_the_file_the_blob_its_parameter_and_the_si
     with pytest.raises(ModelFileError, match=re.escape(
             f"{state_file}: history blob 2 (ip2[0]) is corrupt (blob holds 5 values but its shape (3, 6) needs 18)")):
         make_solver(workdir, "SGD").restore(state_file)
+
+
+def test_a_flipped_byte_in_an_hdf5_state_is_an_error_or_changes_nothing(workdir):
+    # HDF5 files hold unused bytes; a flip there reads back the same values.  Anywhere else it is an
+    # error naming the file (the digest, or HDF5's own structures), never another exception.
+    from numcaffe.solvers.state import read_state
+    _, state_file, _ = snapshot_pair(workdir, extra="snapshot_format: HDF5", solver_type="Adam")
+    original = read_state(state_file)
+    raw = Path(state_file).read_bytes()
+    bad = workdir / "bad.solverstate.h5"
+    outcomes = {"same": 0, "digest": 0, "other error": 0}
+    for i in range(0, len(raw), 4):
+        flipped = bytearray(raw)
+        flipped[i] ^= 0x04
+        bad.write_bytes(bytes(flipped))
+        try:
+            st = read_state(str(bad))
+        except ModelFileError as e:
+            assert str(e).startswith(str(bad) + ": "), e
+            outcomes["digest" if "SHA-256" in str(e) else "other error"] += 1
+            continue
+        assert (st.iter, st.learned_net, st.current_step, st.extra, st.learned_net_sha256) == \
+            (original.iter, original.learned_net, original.current_step, original.extra,
+             original.learned_net_sha256)
+        assert all(np.array_equal(a, b) for a, b in zip(st.history, original.history))
+        outcomes["same"] += 1
+    assert min(outcomes.values()) > 50, outcomes
