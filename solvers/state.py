@@ -11,7 +11,8 @@ written by Caffe, lacking it, still restores what Caffe restores.
 numcaffe also seals what it writes, so a damaged or mismatched pair of files is
 an error at resume rather than a run that quietly diverges later:
 
-* ``learned_net_sha256``: the SHA-256 of the weights file's bytes as written
+* ``learned_net_sha256``: the SHA-256 (64 hex digits, as ``sha256sum`` prints
+  it) of the weights file's bytes as written
   with the state.  At resume the file ``learned_net`` names must have it, or it
   is not the one written with this state (replaced, overwritten by another run
   with the same snapshot_prefix, or corrupt).
@@ -27,7 +28,7 @@ and checks nothing: only a resume has a state to compare with.
 HDF5 states use Caffe's layout (``iter``, ``learned_net``, ``current_step``
 datasets and a ``history`` group of datasets ``0``, ``1``, ...) plus a
 ``numcaffe_state`` dataset of the JSON's bytes and ``learned_net_sha256`` and
-``state_sha256`` datasets (32 bytes each).  There the state's digest is taken
+``state_sha256`` string datasets.  There the state's digest is taken
 over the values of its datasets (:func:`_hdf5_digest`), as an HDF5 file's bytes
 are not a function of its content alone.
 """
@@ -58,7 +59,7 @@ class SolverStateData:
     extra: Optional[dict] = None          # the decoded numcaffe_state, None for Caffe's own files
     path: str = ""
     history_shapes: List[tuple] = field(default_factory=list)
-    learned_net_sha256: Optional[bytes] = None   # None: the state does not say (Caffe's files)
+    learned_net_sha256: Optional[str] = None     # 64 hex digits; None: the state does not say (Caffe's files)
 
 
 def _to_json_value(o):
@@ -95,7 +96,7 @@ def decode_extra(raw, path):
 
 
 def file_sha256(path):
-    """The SHA-256 of a file's bytes, read in 1 MiB pieces."""
+    """The SHA-256 of a file's bytes (64 hex digits), read in 1 MiB pieces."""
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:
@@ -103,12 +104,12 @@ def file_sha256(path):
                 h.update(chunk)
     except OSError as e:
         raise ModelFileError(f"{path}: cannot read it ({e.strerror or e})") from None
-    return h.digest()
+    return h.hexdigest()
 
 
 def _corrupt(path, written, actual):
     return ModelFileError(f"{path}: the solver state is corrupt: its content does not match the SHA-256 written "
-                          f"with it (written {written.hex()[:12]}, now {actual.hex()[:12]}); resume from another "
+                          f"with it (written {written[:12]}, now {actual[:12]}); resume from another "
                           f"snapshot")
 
 
@@ -125,7 +126,7 @@ def check_learned_net(st, model_path):
     actual = file_sha256(model_path)
     if actual != st.learned_net_sha256:
         raise ModelFileError(f"{st.path}: its weights file {model_path} is not the one written with it (SHA-256 "
-                             f"{st.learned_net_sha256.hex()[:12]} in the state, {actual.hex()[:12]} in the file): "
+                             f"{st.learned_net_sha256[:12]} in the state, {actual[:12]} in the file): "
                              f"the file was replaced or overwritten (another run with the same snapshot_prefix?) "
                              f"or is corrupt")
 
@@ -138,13 +139,20 @@ def _history_label(i, history_names):
 
 
 def _message_digest(state):
-    """SHA-256 of ``state`` serialized deterministically without ``state_sha256``."""
-    written = state.state_sha256 if state.HasField("state_sha256") else None
+    """SHA-256 (hex) of ``state`` serialized deterministically without ``state_sha256``, which it clears."""
     state.ClearField("state_sha256")
-    digest = hashlib.sha256(state.SerializeToString(deterministic=True)).digest()
-    if written is not None:
-        state.state_sha256 = written
-    return digest
+    return hashlib.sha256(state.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _text(state, name, path):
+    """A string field, or None when unset.  Python's protobuf hands a proto2 string that is not
+    UTF-8 back as bytes: a damaged file."""
+    if not state.HasField(name):
+        return None
+    value = getattr(state, name)
+    if isinstance(value, bytes):
+        raise ModelFileError(f"{path}: its {name} is not UTF-8 text ({value[:40]!r}); the file is corrupt")
+    return value
 
 
 def write_binary(path, it, learned_net, history, current_step, extra, learned_net_sha256=None):
@@ -170,9 +178,12 @@ def read_binary(path, history_names=None):
     parse_binary(raw, state, path)
     sealed = state.HasField("state_sha256")
     if sealed:
+        written = state.state_sha256
+        if isinstance(written, bytes):           # a damaged digest (not UTF-8): it cannot match
+            written = written.decode("utf-8", "replace")
         actual = _message_digest(state)
-        if actual != state.state_sha256:
-            raise _corrupt(path, state.state_sha256, actual)
+        if actual != written:
+            raise _corrupt(path, written, actual)
     if not state.HasField("iter"):
         raise ModelFileError(f"{path}: holds no iteration count; is it a .solverstate?")
     history, shapes = [], []
@@ -186,18 +197,16 @@ def read_binary(path, history_names=None):
         shapes.append(tuple(shape))
     extra = decode_extra(state.numcaffe_state, path) if state.HasField("numcaffe_state") else None
     _check_sealed(extra, sealed, path)
-    return SolverStateData(iter=state.iter, learned_net=state.learned_net if state.HasField("learned_net") else None,
-                           history=history, current_step=state.current_step, extra=extra, path=path,
-                           history_shapes=shapes,
-                           learned_net_sha256=state.learned_net_sha256 if state.HasField("learned_net_sha256")
-                           else None)
+    return SolverStateData(iter=state.iter, learned_net=_text(state, "learned_net", path), history=history,
+                           current_step=state.current_step, extra=extra, path=path, history_shapes=shapes,
+                           learned_net_sha256=_text(state, "learned_net_sha256", path))
 
 
 # ---------------------------------------------------------------- HDF5
 
 
 def _hdf5_digest(it, learned_net, current_step, history, extra_bytes, learned_net_sha256):
-    """SHA-256 over an HDF5 state's values: each as name, length, bytes (history with its shape)."""
+    """SHA-256 (hex) over an HDF5 state's values: each as name, length, bytes (history with its shape)."""
     h = hashlib.sha256()
 
     def put(name, data):
@@ -211,12 +220,10 @@ def _hdf5_digest(it, learned_net, current_step, history, extra_bytes, learned_ne
         a = np.ascontiguousarray(a, dtype="<f4")
         put(f"history/{i}", repr(tuple(a.shape)).encode() + a.tobytes())
     put("numcaffe_state", bytes(extra_bytes or b""))
-    put("learned_net_sha256", bytes(learned_net_sha256 or b""))
-    return h.digest()
+    put("learned_net_sha256", (learned_net_sha256 or "").encode("ascii"))
+    return h.hexdigest()
 
 
-def _h5_bytes(data):
-    return np.frombuffer(data, dtype=np.uint8)
 
 
 def write_hdf5(path, it, learned_net, history, current_step, extra, learned_net_sha256=None):
@@ -230,12 +237,12 @@ def write_hdf5(path, it, learned_net, history, current_step, extra, learned_net_
         for i, h in enumerate(history):
             group.create_dataset(str(i), data=np.asarray(h, dtype=np.float32))
         if extra_bytes is not None:
-            f.create_dataset("numcaffe_state", data=_h5_bytes(extra_bytes))
+            f.create_dataset("numcaffe_state", data=np.frombuffer(extra_bytes, dtype=np.uint8))
         if learned_net_sha256 is not None:
-            f.create_dataset("learned_net_sha256", data=_h5_bytes(learned_net_sha256))
-        f.create_dataset("state_sha256", data=_h5_bytes(_hdf5_digest(
+            f.create_dataset("learned_net_sha256", data=np.bytes_(learned_net_sha256.encode("ascii")))
+        f.create_dataset("state_sha256", data=np.bytes_(_hdf5_digest(
             it, learned_net, current_step, [np.asarray(h, dtype=np.float32) for h in history], extra_bytes,
-            learned_net_sha256)))
+            learned_net_sha256).encode("ascii")))
 
 
 def _h5_int(f, name, path):
@@ -246,6 +253,10 @@ def _h5_int(f, name, path):
 
 def _h5_raw(f, name):
     return np.asarray(f[name][()]).tobytes() if name in f else None
+
+
+def _h5_text(f, name):
+    return _h5_raw(f, name).decode("ascii") if name in f else None
 
 
 def read_hdf5(path, history_names=None):
@@ -269,8 +280,8 @@ def read_hdf5(path, history_names=None):
                                          f"is missing")
                 history.append(np.asarray(group[str(i)][()], dtype=np.float32))
             extra_bytes = _h5_raw(f, "numcaffe_state")
-            net_sha = _h5_raw(f, "learned_net_sha256")
-            written = _h5_raw(f, "state_sha256")
+            net_sha = _h5_text(f, "learned_net_sha256")
+            written = _h5_text(f, "state_sha256")
         except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as e:
             raise ModelFileError(f"{path}: not a readable HDF5 solver state ({e}); the file is corrupt") from None
     if written is not None:

@@ -277,7 +277,7 @@ def test_a_corrupt_state_names_the_file_and_both_digests_and_changes_nothing(wor
     _, state_file, _ = snapshot_pair(workdir)
     state = caffe_pb2.SolverState()
     state.ParseFromString(Path(state_file).read_bytes())
-    written = state.state_sha256.hex()[:12]
+    written = state.state_sha256[:12]
     state.history[0].data[3] += 1e-3               # parses, looks plausible: the silent case
     Path(state_file).write_bytes(state.SerializeToString(deterministic=True))
     fresh = make_solver(workdir, "SGD")
@@ -331,8 +331,8 @@ def test_hdf5_states_are_sealed_too(workdir):
     import h5py
     _, state_file, model = snapshot_pair(workdir, extra="snapshot_format: HDF5", solver_type="Adam")
     with h5py.File(state_file, "r") as f:
-        assert len(f["state_sha256"][()]) == 32
-        assert bytes(f["learned_net_sha256"][()]) == hashlib.sha256(Path(model).read_bytes()).digest()
+        assert re.fullmatch(b"[0-9a-f]{64}", f["state_sha256"][()])
+        assert f["learned_net_sha256"][()] == hashlib.sha256(Path(model).read_bytes()).hexdigest().encode()
         history0 = np.asarray(f["history"]["0"][()], dtype=np.float32).tobytes()
         json_bytes = np.asarray(f["numcaffe_state"][()]).tobytes()
     raw = Path(state_file).read_bytes()
@@ -395,3 +395,14 @@ def test_a_flipped_byte_in_an_hdf5_state_is_an_error_or_changes_nothing(workdir)
         assert all(np.array_equal(a, b) for a, b in zip(st.history, original.history))
         outcomes["same"] += 1
     assert min(outcomes.values()) > 50, outcomes
+
+
+def test_a_caffe_state_whose_learned_net_is_not_utf8_is_an_error(tmp_path):
+    from numcaffe.solvers.state import read_state
+    raw = bytearray((FIXTURES / "lenet_iter_10000.solverstate").read_bytes())
+    at = raw.index(b"lenet_iter_10000.caffemodel")
+    raw[at] ^= 0x80                                  # Caffe's state has no digest: protobuf parses this
+    (tmp_path / "bad.solverstate").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match=r"bad.solverstate: its learned_net is not UTF-8 text "
+                                             r"\(b'\\xecenet_iter_10000.caffemodel'\); the file is corrupt$"):
+        read_state(str(tmp_path / "bad.solverstate"))

@@ -5,6 +5,7 @@ a flipped byte or another run's caffemodel ends in one line, exit status 1, no t
 files left as they were.  Caffe's own solverstate, without those fields, still resumes, and
 ``--weights`` (a caffemodel alone, nothing to compare it with) checks nothing.
 """
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -115,3 +116,18 @@ def test_caffes_own_solverstate_still_resumes(tmp_path):
     assert (tmp_path / "out" / "lenet_iter_10002.solverstate").is_file()
     after = digests(tmp_path)
     assert {k: after[k] for k in before} == before
+
+
+def test_a_sealed_state_converts_to_yaml_and_back_unchanged(runs):
+    # the digests are hex text (the caffemodel's as sha256sum prints it), so YAML and prototxt hold them
+    state = runs / "a" / "run_iter_3.solverstate"
+    parsed = caffe_pb2.SolverState()
+    parsed.ParseFromString(state.read_bytes())
+    assert parsed.learned_net_sha256 == hashlib.sha256((runs / "a" / "run_iter_3.caffemodel").read_bytes()).hexdigest()
+    for syntax in ("yaml", "prototxt"):
+        status, _, err = run(runs, "convert", "a/run_iter_3.solverstate", f"state.{syntax}")
+        assert status == 0, err
+        assert parsed.state_sha256 in (runs / f"state.{syntax}").read_text()
+        status, _, err = run(runs, "convert", "--type", "solverstate", f"state.{syntax}", "back.solverstate")
+        assert status == 0, err
+        assert (runs / "back.solverstate").read_bytes() == state.read_bytes()
