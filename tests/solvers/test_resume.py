@@ -406,3 +406,16 @@ def test_a_caffe_state_whose_learned_net_is_not_utf8_is_an_error(tmp_path):
     with pytest.raises(ModelFileError, match=r"bad.solverstate: its learned_net is not UTF-8 text "
                                              r"\(b'\\xecenet_iter_10000.caffemodel'\); the file is corrupt$"):
         read_state(str(tmp_path / "bad.solverstate"))
+
+
+def test_an_hdf5_state_without_numcaffes_datasets_loads_as_caffes(workdir):
+    import h5py
+    solver, state_file, _ = snapshot_pair(workdir, extra="snapshot_format: HDF5")
+    with h5py.File(state_file, "a") as f:
+        for name in ("numcaffe_state", "learned_net_sha256", "state_sha256"):
+            del f[name]
+        f["history"]["0"][0, 0] += 1.0             # no digest: nothing to tell this from a real change
+    fresh = make_solver(workdir, "SGD", "snapshot_format: HDF5")
+    fresh.restore(state_file)
+    assert fresh.iter == 3 and fresh.history[0][0, 0] == solver.history[0][0, 0] + 1.0
+    assert all(np.array_equal(a, b) for a, b in zip(weights(fresh), weights(solver)))
