@@ -12,10 +12,10 @@ numcaffe also seals what it writes, so a damaged or mismatched pair of files is
 an error at resume rather than a run that quietly diverges later:
 
 * ``learned_net_sha256``: the SHA-256 (64 hex digits, as ``sha256sum`` prints
-  it) of the weights file's bytes as written
-  with the state.  At resume the file ``learned_net`` names must have it, or it
-  is not the one written with this state (replaced, overwritten by another run
-  with the same snapshot_prefix, or corrupt).
+  it) of the weights file's bytes as written with the state.  At resume the
+  file ``learned_net`` names must have it, or it is not the one written with
+  this state (replaced, overwritten by another run with the same
+  snapshot_prefix, or corrupt).
 * ``state_sha256``: the SHA-256 of the state itself, i.e. of the SolverState
   message serialized deterministically with this one field cleared.  A flipped
   byte that protobuf still parses changes the content and so the digest.
@@ -28,9 +28,9 @@ and checks nothing: only a resume has a state to compare with.
 HDF5 states use Caffe's layout (``iter``, ``learned_net``, ``current_step``
 datasets and a ``history`` group of datasets ``0``, ``1``, ...) plus a
 ``numcaffe_state`` dataset of the JSON's bytes and ``learned_net_sha256`` and
-``state_sha256`` string datasets.  There the state's digest is taken
-over the values of its datasets (:func:`_hdf5_digest`), as an HDF5 file's bytes
-are not a function of its content alone.
+``state_sha256`` string datasets.  There the state's digest is taken over the
+values of its datasets (:func:`_hdf5_digest`), as an HDF5 file's bytes are not
+a function of its content alone.
 """
 import hashlib
 import json
