@@ -131,3 +131,22 @@ def test_a_sealed_state_converts_to_yaml_and_back_unchanged(runs):
         status, _, err = run(runs, "convert", "--type", "solverstate", f"state.{syntax}", "back.solverstate")
         assert status == 0, err
         assert (runs / "back.solverstate").read_bytes() == state.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "another caffemodel"])
+def test_under_mpi_a_damaged_pair_is_one_clean_line_too(runs, damage):
+    # rank 0 reads the files and finds the damage while rank 1 waits for them: the job still ends at once
+    state = runs / "a" / "run_iter_3.solverstate"
+    if damage == "flipped byte":
+        raw = bytearray(state.read_bytes())
+        raw[len(raw) // 3] ^= 0x01
+        state.write_bytes(bytes(raw))
+        needle = "a/run_iter_3.solverstate: the solver state is corrupt"
+    else:
+        shutil.copyfile(runs / "a" / "run_iter_6.caffemodel", runs / "a" / "run_iter_3.caffemodel")
+        needle = "a/run_iter_3.solverstate: its weights file a/run_iter_3.caffemodel is not the one written with it"
+    before = digests(runs)
+    status, _, err = run(runs, "train", "--solver", "a.prototxt", "--snapshot", "a/run_iter_3.solverstate",
+                         "--procs", "2", timeout=120)
+    assert_one_clean_line(status, err, needle)
+    assert digests(runs) == before
