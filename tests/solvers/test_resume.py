@@ -419,3 +419,16 @@ def test_an_hdf5_state_without_numcaffes_datasets_loads_as_caffes(workdir):
     fresh.restore(state_file)
     assert fresh.iter == 3 and fresh.history[0][0, 0] == solver.history[0][0, 0] + 1.0
     assert all(np.array_equal(a, b) for a, b in zip(weights(fresh), weights(solver)))
+
+
+def test_a_hand_edited_state_resealed_as_docs_solver_md_says_loads(workdir):
+    _, state_file, _ = snapshot_pair(workdir)
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(Path(state_file).read_bytes())
+    state.current_step = 5
+    state.ClearField("state_sha256")
+    state.state_sha256 = hashlib.sha256(state.SerializeToString(deterministic=True)).hexdigest()
+    Path(state_file).write_bytes(state.SerializeToString())
+    fresh = make_solver(workdir, "SGD")
+    fresh.restore(state_file)
+    assert fresh.iter == 3 and fresh.current_step == 5
