@@ -244,7 +244,7 @@ class Solver:
                 raise ConfigError(f"{name} must be >= 0 (got {getattr(p, name)})")
         if any(t < 0 for t in p.test_iter):
             raise ConfigError(f"test_iter must be >= 0 (got {list(p.test_iter)})")
-        lr_policy.check_policy(p)
+        lr_policy.check_policy(p, self.source)
         if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             from numcaffe.net.hdf5 import require_h5py
             require_h5py("snapshot_format: HDF5")
@@ -738,7 +738,8 @@ class Solver:
                 state_file = self.snapshot_filename(".solverstate", best)
                 log.info("Snapshotting solver state to binary proto file %s", state_file)
             solver_state.write_state(state_file, hdf5, it=self.iter, learned_net=model,
-                                     history=self.history_arrays(), current_step=self.current_step, extra=extra)
+                                     history=self.history_arrays(), current_step=self.current_step, extra=extra,
+                                     learned_net_sha256=solver_state.file_sha256(model))
         except OSError as e:
             raise ConfigError(f"cannot write snapshot {getattr(e, 'filename', None) or self.snapshot_prefix}: "
                               f"{e.strerror or e}") from None
@@ -804,7 +805,7 @@ class Solver:
         state_file = os.fspath(state_file)
         comm = self.comm
         # with several ranks, rank 0 reads the files and hands them on (no shared file system needed)
-        st = solver_state.read_state(state_file) if comm.is_root else None
+        st = solver_state.read_state(state_file, self.history_names()) if comm.is_root else None
         st = comm.bcast(st) if comm.size > 1 else st
         extra = st.extra
         if extra is not None and extra.get("type") and extra["type"] != self.type_name:
@@ -813,7 +814,9 @@ class Solver:
         self.check_history(st)            # before anything changes: a bad state leaves the solver as it was
         if st.learned_net:
             if comm.is_root:
-                self.net.copy_from(self._learned_net_path(st.learned_net, state_file))
+                model = self._learned_net_path(st.learned_net, state_file)
+                solver_state.check_learned_net(st, model)      # the weights written with this state, intact
+                self.net.copy_from(model)
             nc_comm.bcast_params(self.net, comm)
         if extra is not None:
             extra = self._this_ranks_state(extra, state_file)

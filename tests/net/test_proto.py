@@ -319,7 +319,7 @@ NUMCAFFE_EXTENSIONS = {
         "early_stop_mode": 1013,
         "early_stop_test_net": 1014,
     },
-    "SolverState": {"numcaffe_state": 1001},
+    "SolverState": {"numcaffe_state": 1001, "learned_net_sha256": 1002, "state_sha256": 1003},
     "DropoutParameter": {"scale_train": 1001},
     # Caffe's own high numbers in its legacy messages.
     "V1LayerParameter": {"param": 1001, "blob_share_mode": 1002},
