@@ -168,13 +168,12 @@ def launch(n, argv, log):
         cmd, env, notes = command(n, strip_procs(argv), dict(os.environ, **{READY_VARIABLE: ready}))
         for note in notes:
             log.info("%s", note)
-        log.info("Starting %d ranks: %s", n, " ".join(cmd))
-        return _run(cmd, env, n, ready)
+        return _run(cmd, env, n, ready, log)
     finally:
         shutil.rmtree(ready, ignore_errors=True)
 
 
-def _run(cmd, env, n, ready):
+def _run(cmd, env, n, ready, log):
     proc = None
     interrupted = []
     pending = []            # signals for the ranks, held until every rank can take them
@@ -200,6 +199,7 @@ def _run(cmd, env, n, ready):
     # the handlers before mpiexec starts: no moment where a signal would end this process and leave the ranks
     previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
+        log.info("Starting %d ranks: %s", n, " ".join(cmd))
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, start_new_session=True)
         reader = threading.Thread(target=relay, args=(proc.stderr, sys.stderr), daemon=True)
         reader.start()
