@@ -56,18 +56,24 @@ def _holder(f):
 
 
 def acquire(prefix):
-    """Lock ``PREFIX.lock``; returns the open file holding the lock.  A ConfigError if another process
-    holds it (naming it) or the prefix's folder cannot be written."""
+    """Lock ``PREFIX.lock``; returns the open file holding the lock (None, with a warning, on a file
+    system that has no locks).  A ConfigError if another process holds it (naming it) or the prefix's
+    folder cannot be written."""
     import fcntl
     path = lock_path(prefix)
-    folder = os.path.dirname(os.path.abspath(path))
+    full = os.path.abspath(path)          # the same file at release, whatever the working directory then
+    folder = os.path.dirname(full)
     while True:
         try:
             os.makedirs(folder, exist_ok=True)
-            f = open(path, "a+")
         except OSError as e:
             raise ConfigError(f"cannot write snapshots with prefix {prefix!r}: {e.strerror or e}; "
                               f"make sure {folder} is a writable directory") from None
+        try:
+            f = open(full, "a+")
+        except OSError as e:
+            raise ConfigError(f"cannot open {path} to lock the snapshot prefix {prefix!r}: {e.strerror or e}"
+                              ) from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -77,10 +83,16 @@ def acquire(prefix):
             raise ConfigError(f"snapshot_prefix {prefix!r} is in use by another training ({who}, which "
                               f"holds {path}); wait for it to end, stop it, or give this run another "
                               f"snapshot_prefix") from None
+        except OSError as e:          # a file system without locks (some network mounts)
+            f.close()
+            log.warning("Cannot lock %s (%s): a second training on snapshot_prefix %r would not be noticed, "
+                        "and temporary files of interrupted snapshots are left alone", path, e.strerror or e,
+                        prefix)
+            return None
         # A run that ended may have removed the file between our open and our lock: then the lock is on
         # a file no one else will open; take the one at the path now.
         try:
-            same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(full))
         except FileNotFoundError:
             same = False
         if same:
@@ -93,10 +105,10 @@ def acquire(prefix):
     return f
 
 
-def release(prefix, f):
+def release(f):
     """Remove the lock file (while still holding the lock), then drop the lock."""
     with contextlib.suppress(OSError):
-        os.unlink(lock_path(prefix))
+        os.unlink(f.name)
     f.close()
 
 
@@ -140,9 +152,9 @@ def hold_prefix(prefix, comm=None):
         err.all_ranks = True         # every rank raises it: rank 0 alone reports it
         raise err
     try:
-        if root:
+        if f is not None:
             remove_stale_temps(prefix)
         yield
     finally:
         if f is not None:
-            release(prefix, f)
+            release(f)
