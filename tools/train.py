@@ -118,7 +118,11 @@ def run(args):
     sigterm = parse_action(args.sigterm_effect, "--sigterm_effect")
     sighup = parse_action(args.sighup_effect, "--sighup_effect")
     tensorboard = None
-    if args.tensorboard_histograms and not args.tensorboard:
+    if args.tensorboard:
+        if comm.is_root:      # with several MPI ranks, one writer: rank 0, which logs
+            from numcaffe.solvers.tensorboard import TensorBoardWriter
+            tensorboard = TensorBoardWriter(args.tensorboard, histograms=args.tensorboard_histograms)
+    elif args.tensorboard_histograms:
         raise ConfigError("--tensorboard-histograms needs --tensorboard DIR")
     param = read_solver_param(args.solver)
     param.train_state.level = args.level
@@ -146,9 +150,6 @@ def run(args):
     with hold_prefix(prefix, comm), SignalHandler(sigint, sighup, launcher=comm.size > 1,
                                                    sigterm_effect=sigterm) as handler:
         mark_ready(comm.rank)        # --procs: the launcher may forward signals to this rank now
-        if args.tensorboard and comm.is_root:   # one writer: rank 0, which logs; after the lock, so a
-            from numcaffe.solvers.tensorboard import TensorBoardWriter   # refused run writes nothing
-            tensorboard = TensorBoardWriter(args.tensorboard, histograms=args.tensorboard_histograms)
         solver = get_solver(param, source=args.solver)
         solver.set_action_function(handler.action)
         if args.snapshot:

@@ -283,12 +283,13 @@ def test_a_second_training_on_the_same_prefix_is_refused_naming_the_first(tmp_pa
         expected = (f"numcaffe: error: snapshot_prefix 'snap/run' is in use by another training (pid {first.pid} "
                     f"on {HOST}, which holds snap/run.lock); wait for it to end, stop it, or give this run "
                     f"another snapshot_prefix")
-        for extra in ((), ("--procs", "2")):
+        for extra in (("--tensorboard", "tb"), ("--procs", "2")):
             status, out, err = run(tmp_path, "train", "--solver", "solver.prototxt", *extra, GLOG_minloglevel="1")
             assert status == 1, (extra, err)
             assert errors(err) == [expected], (extra, err)
             assert "Traceback" not in err and out == ""
             assert digests(tmp_path) == before, extra      # the first run's temporary file included
+        assert os.listdir(tmp_path / "tb") == []            # no event file from the refused run
         assert first.poll() is None                         # the first run trains on
         (tmp_path / "snap" / writing).unlink()
         first.send_signal(signal.SIGTERM)
