@@ -249,7 +249,8 @@ def test_sigterm_under_procs_snapshots_once_from_rank_0_and_every_rank_stops(tmp
 def test_sigterm_while_the_ranks_start_waits_for_their_handlers(tmp_path):
     """The launcher is signalled right after it started mpiexec, while the ranks import numpy: before,
     SIGUSR1's default action killed them (exit 138, 'rank 0 was killed by signal 10').  Now the signal
-    waits until every rank has its handlers, and the run snapshots and stops at its first iteration."""
+    waits until every rank has its handlers, and the run snapshots and stops (at its first iteration).
+    Deliberately no sleep: the ranks need a second or more to import numpy, so the signal comes early."""
     setup_run(tmp_path)
     proc = start(tmp_path, "train", "--solver", "solver.prototxt", "--procs", "2")
     wait_for(proc, r"Starting 2 ranks: ")
@@ -258,8 +259,8 @@ def test_sigterm_while_the_ranks_start_waits_for_their_handlers(tmp_path):
     assert status == 0, rest[-3000:]
     assert not errors(rest) and "signal 10" not in rest and "Traceback" not in rest
     assert "Optimization stopped early." in rest
-    assert set(snapshot_pairs(tmp_path / "snap")) == {1}
-    check_snapshot(tmp_path / "snap", 1)
+    (it,) = snapshot_pairs(tmp_path / "snap")     # iteration 1 unless the machine is very slow to forward
+    check_snapshot(tmp_path / "snap", it)
 
 
 # ----------------------------------------------------------------------------- one run per prefix
