@@ -239,6 +239,10 @@ class Solver:
         tail[:] = 0.0
         tail[r] = loss
         tail[n + r] = 0.0 if finite else 1.0
+        if r != 0:
+            # Rank 0's signals decide (as while testing): the launcher signals every rank, but a copy may
+            # reach another rank an iteration earlier, and both copies would snapshot (SIGHUP: twice).
+            request = signals.NONE
         tail[2 * n] = request in (signals.SNAPSHOT, signals.SNAPSHOT_STOP)
         tail[2 * n + 1] = request in (signals.STOP, signals.SNAPSHOT_STOP)
         self._grads.reduce()

@@ -237,13 +237,34 @@ def test_sigterm_under_procs_snapshots_once_from_rank_0_and_every_rank_stops(tmp
     status, rest = finish(proc)
     assert status == 0, rest[-3000:]
     assert not errors(rest) and "Traceback" not in rest
-    # rank 0 logs the signal if it took it first; a rank that took it first stops every rank
-    assert rest.count("SIGTERM: snapshotting, then stopping") <= 1
+    assert rest.count("SIGTERM: snapshotting, then stopping") == 1      # rank 0's signal decides, and logs
     assert rest.count("Snapshotting solver state") == 1
     assert "Optimization stopped early." in rest
     (it,) = snapshot_pairs(tmp_path / "snap")
     assert it > 200
     check_snapshot(tmp_path / "snap", it)
+
+
+def test_sighup_under_procs_snapshots_once_per_signal(tmp_path):
+    """Every rank gets the forwarded signal, but not always before the same iteration: when each rank's
+    copy counted, one SIGHUP gave two snapshots, at iterations k and k + 1.  Rank 0's copy decides."""
+    setup_run(tmp_path, display=100)
+    proc = start(tmp_path, "train", "--solver", "solver.prototxt", "--procs", "2")
+    seen = wait_for(proc, r"\] Iteration 200 \(")
+    for _ in range(3):
+        proc.send_signal(signal.SIGHUP)
+        seen += wait_for(proc, r"Snapshotting solver state")
+        seen += wait_for(proc, r"\] Iteration \d+ \(")          # it trains on
+    proc.send_signal(signal.SIGTERM)
+    status, rest = finish(proc)
+    log = "".join(seen) + rest
+    assert status == 0, log[-3000:]
+    assert not errors(log) and log.count("SIGHUP: snapshotting") == 3
+    assert log.count("Snapshotting solver state") == 4                  # three SIGHUPs and the SIGTERM
+    pairs = snapshot_pairs(tmp_path / "snap")
+    assert len(pairs) == 4
+    for it in pairs:
+        check_snapshot(tmp_path / "snap", it)
 
 
 def test_sigterm_while_the_ranks_start_waits_for_their_handlers(tmp_path):
