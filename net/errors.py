@@ -32,6 +32,11 @@ class DataError(NumcaffeError):
     """A data file (database, list file, IDX file, image) that is missing, corrupt or does not fit."""
 
 
+class Terminated(BaseException):
+    """SIGTERM ended the command: what KeyboardInterrupt is to SIGINT.  Not a NumcaffeError (nothing the
+    user gave was wrong); the command line prints ``numcaffe: terminated`` and exits with status 143."""
+
+
 _KEEPING_TYPE = {}
 
 

@@ -112,6 +112,33 @@ def _output_lines(net, names_values, loss_weights, label):
     return lines
 
 
+def snapshot_prefix(p, source=None, base_dir=None):
+    """The prefix a solver built from ``p`` (read from the file ``source``) writes its snapshots to.
+
+    Caffe's rule: no prefix means the solver file's name; a directory gets that name appended.
+    """
+    if base_dir is None:
+        base_dir = os.path.dirname(os.path.abspath(source)) if source else os.getcwd()
+    stem = os.path.splitext(os.path.basename(source))[0] if source else "solver"
+    if not p.HasField("snapshot_prefix"):
+        prefix = os.path.join(base_dir, stem)
+    else:
+        prefix = os.path.expanduser(p.snapshot_prefix)
+        # A bare name ("model") is taken from the working directory, as Caffe does; a relative
+        # path with a folder from the solver's folder unless only the working directory has it.
+        if not os.path.isabs(prefix) and os.path.dirname(prefix):
+            here = os.path.join(base_dir, prefix)
+            parent_here = os.path.dirname(here) or "."
+            parent_cwd = os.path.dirname(prefix) or "."
+            prefix = prefix if (not os.path.isdir(parent_here) and os.path.isdir(parent_cwd)) else here
+        if p.snapshot_prefix.endswith(("/", os.sep)) or os.path.isdir(prefix):
+            prefix = os.path.join(prefix, stem)
+    if not os.path.isabs(os.path.expanduser(p.snapshot_prefix)):
+        rel = os.path.relpath(prefix)   # shorter names in the log and the state files
+        prefix = rel if not rel.startswith(os.pardir) else prefix
+    return prefix
+
+
 class Solver:
     """Base of all solvers.  ``Solver(solver_file_or_param, base_dir=None, source=None)``.
 
@@ -212,6 +239,10 @@ class Solver:
         tail[:] = 0.0
         tail[r] = loss
         tail[n + r] = 0.0 if finite else 1.0
+        if r != 0:
+            # Rank 0's signals decide (as while testing): the launcher signals every rank, but a copy may
+            # reach another rank an iteration earlier, and both copies would snapshot (SIGHUP: twice).
+            request = signals.NONE
         tail[2 * n] = request in (signals.SNAPSHOT, signals.SNAPSHOT_STOP)
         tail[2 * n + 1] = request in (signals.STOP, signals.SNAPSHOT_STOP)
         self._grads.reduce()
@@ -254,26 +285,7 @@ class Solver:
         return resolve_path(path, self.base_dir, must_exist=False)
 
     def _set_snapshot_prefix(self):
-        """Caffe's rule: no prefix means the solver file's name; a directory gets that name appended."""
-        p = self.param
-        stem = os.path.splitext(os.path.basename(self.source))[0] if self.source else "solver"
-        if not p.HasField("snapshot_prefix"):
-            prefix = os.path.join(self.base_dir, stem)
-        else:
-            prefix = os.path.expanduser(p.snapshot_prefix)
-            # A bare name ("model") is taken from the working directory, as Caffe does; a relative
-            # path with a folder from the solver's folder unless only the working directory has it.
-            if not os.path.isabs(prefix) and os.path.dirname(prefix):
-                here = os.path.join(self.base_dir, prefix)
-                parent_here = os.path.dirname(here) or "."
-                parent_cwd = os.path.dirname(prefix) or "."
-                prefix = prefix if (not os.path.isdir(parent_here) and os.path.isdir(parent_cwd)) else here
-            if p.snapshot_prefix.endswith(("/", os.sep)) or os.path.isdir(prefix):
-                prefix = os.path.join(prefix, stem)
-        if not os.path.isabs(os.path.expanduser(p.snapshot_prefix)):
-            rel = os.path.relpath(prefix)   # shorter names in the log and the state files
-            prefix = rel if not rel.startswith(os.pardir) else prefix
-        self.snapshot_prefix = prefix
+        self.snapshot_prefix = snapshot_prefix(self.param, self.source, self.base_dir)
 
     def _check_snapshot_writable(self):
         """Fail now, not at the first snapshot hours later (Caffe's CheckSnapshotWritePermissions)."""

@@ -18,10 +18,12 @@ traceback; ``--debug`` shows the traceback.
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 
 import numcaffe.tools as _pkg
-from numcaffe.net.errors import NumcaffeError
+from numcaffe.net.errors import NumcaffeError, Terminated
 
 
 def _commands():
@@ -77,15 +79,30 @@ def _gflags_to_argparse(argv, parser):
     return out
 
 
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv=None):
     """Run one command; its exit status.  Ctrl-C at any point, start-up included (importing numpy and
     Numba, reading and building the net), is one line and status 130, as a shell reports a process
-    that SIGINT ended (Caffe's own start-up dies of the signal itself)."""
+    that SIGINT ended (Caffe's own start-up dies of the signal itself); SIGTERM likewise is
+    ``numcaffe: terminated`` and status 143 (128 + 15), except while ``train`` trains, where it is
+    ``--sigterm_effect`` (snapshot, then stop, by default)."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return _main(argv)
     except KeyboardInterrupt:
         print("numcaffe: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("numcaffe: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv):
@@ -144,6 +161,9 @@ def _run_rank(command, args):
         elif isinstance(e, KeyboardInterrupt):
             print(f"numcaffe: {who}interrupted", file=sys.stderr)
             code = 130
+        elif isinstance(e, Terminated):
+            print(f"numcaffe: {who}terminated", file=sys.stderr)
+            code = 143
         else:
             traceback.print_exc()
             print(f"numcaffe: error: {who}{type(e).__name__}: {e}", file=sys.stderr)

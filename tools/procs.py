@@ -10,27 +10,47 @@ So a laptop user never types mpiexec:
 * as root, Open MPI refuses to start without ``OMPI_ALLOW_RUN_AS_ROOT`` and
   its confirmation; they are set for the child, with a notice;
 * ``--oversubscribe`` when there are more ranks than cores;
-* Ctrl-C and SIGTERM become SIGUSR1 to mpiexec, which forwards it to every rank
-  (a SIGINT or SIGTERM to mpiexec itself ends the ranks within a quarter of a
+* Ctrl-C becomes SIGUSR1 to mpiexec, which forwards it to every rank (a
+  SIGINT or SIGTERM to mpiexec itself ends the ranks within a quarter of a
   second, measured with Open MPI 5: no time for a snapshot), and each rank
-  treats it as its ``--sigint_effect``; SIGHUP becomes SIGUSR2 (the
-  ``--sighup_effect``).  A second Ctrl-C ends the job at once.  mpiexec runs in
+  treats it as its ``--sigint_effect``; SIGTERM becomes SIGALRM (the
+  ``--sigterm_effect``), SIGHUP SIGUSR2 (the ``--sighup_effect``); Open MPI
+  forwards those three.  A second Ctrl-C ends the job at once.  mpiexec runs in
   its own session so the terminal's Ctrl-C reaches only this process;
+* a signal that comes before every rank has its handlers (the ranks take a
+  second or more to import numpy and Numba) waits until they do: each rank
+  creates a file in the folder ``NUMCAFFE_PROCS_READY`` names once its handlers
+  are in place (:func:`mark_ready`), and the launcher forwards then.
+  Undeferred, SIGUSR1's default action killed the ranks (exit status 138);
 * Open MPI's multi-line reports of a rank that died are turned into one
   ``numcaffe: error:`` line naming the rank.
 """
+import contextlib
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 
 from numcaffe.net.errors import ConfigError
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+READY_VARIABLE = "NUMCAFFE_PROCS_READY"
+#: what the launcher sends mpiexec (which forwards it to every rank) for each signal it gets
+FORWARDED = {signal.SIGINT: signal.SIGUSR1, signal.SIGTERM: signal.SIGALRM, signal.SIGHUP: signal.SIGUSR2}
+
+
+def mark_ready(rank):
+    """In a rank started by ``--procs``: say that this rank's signal handlers are installed."""
+    folder = os.environ.get(READY_VARIABLE)
+    if folder:
+        with contextlib.suppress(OSError):
+            open(os.path.join(folder, f"rank{rank}"), "w").close()
 
 
 def find_mpiexec():
@@ -75,7 +95,7 @@ def command(n, argv, env):
     if not any(v in env for v in THREAD_VARIABLES):
         for v in THREAD_VARIABLES:
             env[v] = "1"
-    for v in THREAD_VARIABLES:
+    for v in THREAD_VARIABLES + (READY_VARIABLE,):
         if v in env:
             cmd += ["-x", v]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
@@ -143,33 +163,52 @@ def relay(stream, out):
 
 def launch(n, argv, log):
     """Run ``numcaffe <argv>`` as ``n`` MPI ranks; returns mpiexec's exit status."""
-    cmd, env, notes = command(n, strip_procs(argv), os.environ)
-    for note in notes:
-        log.info("%s", note)
-    log.info("Starting %d ranks: %s", n, " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    ready = tempfile.mkdtemp(prefix="numcaffe-procs-")
+    try:
+        cmd, env, notes = command(n, strip_procs(argv), dict(os.environ, **{READY_VARIABLE: ready}))
+        for note in notes:
+            log.info("%s", note)
+        return _run(cmd, env, n, ready, log)
+    finally:
+        shutil.rmtree(ready, ignore_errors=True)
+
+
+def _run(cmd, env, n, ready, log):
+    proc = None
     interrupted = []
+    pending = []            # signals for the ranks, held until every rank can take them
+
+    def deliver():
+        while pending and proc is not None and len(os.listdir(ready)) >= n:
+            try:
+                sig = pending.pop(0)
+            except IndexError:        # a signal that came meanwhile delivered it
+                return
+            proc.send_signal(sig)
 
     def forward(signum, frame):
         if signum == signal.SIGINT and interrupted:
-            proc.send_signal(signal.SIGTERM)    # asked twice: stop now
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)    # asked twice: stop now
             return
         if signum in (signal.SIGINT, signal.SIGTERM):
             interrupted.append(signum)
-            proc.send_signal(signal.SIGUSR1)
-        elif signum == signal.SIGHUP:
-            proc.send_signal(signal.SIGUSR2)
+        pending.append(FORWARDED[signum])
+        deliver()
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    reader = threading.Thread(target=relay, args=(proc.stderr, sys.stderr), daemon=True)
-    reader.start()
+    # the handlers before mpiexec starts: no moment where a signal would end this process and leave the ranks
+    previous = {s: signal.signal(s, forward) for s in FORWARDED}
     try:
+        log.info("Starting %d ranks: %s", n, " ".join(cmd))
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, start_new_session=True)
+        reader = threading.Thread(target=relay, args=(proc.stderr, sys.stderr), daemon=True)
+        reader.start()
         while True:
             try:
-                status = proc.wait()
+                status = proc.wait(timeout=0.2)
                 break
-            except InterruptedError:
-                continue
+            except subprocess.TimeoutExpired:
+                deliver()
     finally:
         for s, old in previous.items():
             signal.signal(s, old)

@@ -1,16 +1,19 @@
 """``numcaffe train``: train or fine-tune a net, as Caffe's ``caffe train``.
 
     numcaffe train --solver S [--snapshot X.solverstate | --weights A.caffemodel[,B.caffemodel]]
-                   [--sigint_effect snapshot_stop] [--sighup_effect snapshot] [--level N] [--stage a,b]
+                   [--sigint_effect snapshot_stop] [--sigterm_effect snapshot_stop] [--sighup_effect snapshot]
+                   [--level N] [--stage a,b]
                    [--tensorboard DIR [--tensorboard-histograms N]] [--plot curves.png]
 
 Flags are Caffe's (``-solver x`` and ``--solver=x`` work too).  ``--snapshot``
 resumes from a solver state; ``--weights`` initialises the train and test nets
 from trained weights by layer name (a shape mismatch is an error naming the
 layer and both shapes).  Ctrl-C writes a snapshot and stops by default (Caffe's
-default is to stop, and then ``snapshot_after_train`` snapshots); SIGHUP
-snapshots and goes on.  The effects are ``stop``, ``snapshot``,
-``snapshot_stop`` and ``none``.  numcaffe runs on the CPU: ``--gpu`` is
+default is to stop, and then ``snapshot_after_train`` snapshots), and so does
+SIGTERM (which Caffe leaves deadly); SIGHUP snapshots and goes on.  The effects
+are ``stop``, ``snapshot``, ``snapshot_stop`` and ``none``.  One training at a
+time writes a snapshot prefix: a second one is refused, naming the first
+(solvers/snapshot_lock.py).  numcaffe runs on the CPU: ``--gpu`` is
 accepted and ignored with a warning.  ``--tensorboard DIR`` also writes
 TensorBoard event files (solvers/tensorboard.py); a run resumed into the same
 directory continues the same curves.
@@ -30,6 +33,9 @@ def add_arguments(p):
                    help="trained weights to initialise fine-tuning, separated by ','; not with --snapshot")
     p.add_argument("--sigint_effect", default="snapshot_stop",
                    help="what Ctrl-C (SIGINT) does: snapshot_stop (default), stop, snapshot or none")
+    p.add_argument("--sigterm_effect", default="snapshot_stop",
+                   help="what SIGTERM (kill, schedulers, containers) does: snapshot_stop (default), stop, "
+                        "snapshot or none (ignore it)")
     p.add_argument("--sighup_effect", default="snapshot",
                    help="what SIGHUP does: snapshot (default), stop, snapshot_stop or none")
     p.add_argument("--level", type=int, default=0, help="the train net's state level")
@@ -85,6 +91,9 @@ def run(args):
     from numcaffe.net.log import get_logger
     from numcaffe.solvers import get_solver, read_solver_param
     from numcaffe.solvers.signals import SignalHandler, parse_action
+    from numcaffe.solvers.snapshot_lock import hold_prefix
+    from numcaffe.solvers.solver import snapshot_prefix
+    from numcaffe.tools.procs import mark_ready
 
     from numcaffe.net import comm as nc_comm
 
@@ -106,6 +115,7 @@ def run(args):
     if args.snapshot and args.weights:
         raise ConfigError("give a snapshot to resume training or weights to finetune but not both")
     sigint = parse_action(args.sigint_effect, "--sigint_effect")
+    sigterm = parse_action(args.sigterm_effect, "--sigterm_effect")
     sighup = parse_action(args.sighup_effect, "--sighup_effect")
     tensorboard = None
     if args.tensorboard:
@@ -136,7 +146,10 @@ def run(args):
     if args.plot:
         plot = LivePlot(args.plot)
         get_logger().addHandler(plot)
-    with SignalHandler(sigint, sighup, launcher=comm.size > 1) as handler:
+    prefix = snapshot_prefix(param, args.solver)
+    with hold_prefix(prefix, comm), SignalHandler(sigint, sighup, launcher=comm.size > 1,
+                                                   sigterm_effect=sigterm) as handler:
+        mark_ready(comm.rank)        # --procs: the launcher may forward signals to this rank now
         solver = get_solver(param, source=args.solver)
         solver.set_action_function(handler.action)
         if args.snapshot:
