@@ -63,6 +63,7 @@ def acquire(prefix):
     path = lock_path(prefix)
     full = os.path.abspath(path)          # the same file at release, whatever the working directory then
     folder = os.path.dirname(full)
+    made = _missing_folders(folder)       # removed again at release if the run left them empty
     while True:
         try:
             os.makedirs(folder, exist_ok=True)
@@ -102,7 +103,20 @@ def acquire(prefix):
     f.truncate()
     f.write(f"{os.getpid()} {socket.gethostname()}\n")
     f.flush()
+    f.made_folders = made
     return f
+
+
+def _missing_folders(folder):
+    """The folders, deepest first, that making ``folder`` creates."""
+    made = []
+    while folder and not os.path.exists(folder):
+        made.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return made
 
 
 def release(f):
@@ -110,6 +124,11 @@ def release(f):
     with contextlib.suppress(OSError):
         os.unlink(f.name)
     f.close()
+    for folder in getattr(f, "made_folders", ()):   # a run refused before any snapshot leaves no folder
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
 
 
 def remove_stale_temps(prefix):
