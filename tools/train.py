@@ -99,6 +99,11 @@ def run(args):
         from numcaffe.tools.procs import cores, launch
         if not args.solver:
             raise ConfigError("need a solver definition to train (--solver)")
+        if args.tensorboard:  # rank 0 will write there: a directory it cannot write fails now, in one line
+            from numcaffe.solvers.tensorboard import TensorBoardWriter
+            TensorBoardWriter(args.tensorboard, histograms=args.tensorboard_histograms)
+        elif args.tensorboard_histograms:
+            raise ConfigError("--tensorboard-histograms needs --tensorboard DIR")
         if args.procs > cores():
             log.warning("--procs %d: more processes than the %d core(s) this machine gives numcaffe; they take turns "
                         "(oversubscribed), which works but is usually slower than --procs %d", args.procs, cores(),
