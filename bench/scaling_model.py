@@ -10,7 +10,9 @@ measured) and then averages ``S`` bytes of gradients with a ring Allreduce:
 
 (each of the 2(N - 1) steps of the ring sends S/N bytes and pays one message
 latency).  Without overlap an iteration takes C + T, so the parallel efficiency
-is C / (C + T), and it is below 80% once T > C / 4.  Bandwidth is the line rate
+is C / (C + T), and it is below 80% once T > C / 4: the table gives the
+fewest nodes where that happens, and, at 64 nodes, the compute time under
+which it happens (a faster node, the same network).  Bandwidth is the line rate
 (10 or 100 Gbit/s); latency 20 us per message on 10 Gbit/s Ethernet (TCP), 5 us
 on 100 Gbit/s (RDMA); both are assumptions, the compute figures are measured.
 """
@@ -38,6 +40,20 @@ def ring_allreduce_seconds(nbytes, nodes, bandwidth, latency):
     if nodes == 1:
         return 0.0
     return 2 * (nodes - 1) / nodes * nbytes / bandwidth + 2 * (nodes - 1) * latency
+
+
+def nodes_below_80(ms, nbytes, bandwidth, latency, most=10**6):
+    """The fewest nodes at which the efficiency C / (C + T(N)) is below 80% (T grows with N), or None."""
+    lo, hi = 1, most
+    if ms / (ms + 1e3 * ring_allreduce_seconds(nbytes, hi, bandwidth, latency)) >= 0.8:
+        return None
+    while hi - lo > 1:          # efficiency(lo) >= 80% > efficiency(hi)
+        mid = (lo + hi) // 2
+        if ms / (ms + 1e3 * ring_allreduce_seconds(nbytes, mid, bandwidth, latency)) < 0.8:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def measure(path, batch, iterations=3, timed_batch=None):
@@ -76,8 +92,8 @@ def measure(path, batch, iterations=3, timed_batch=None):
 def table(measured):
     lines = ["| net (batch per node) | gradient MB | compute ms | network | " +
              " | ".join(f"{n} node{'s' * (n > 1)}: allreduce ms, efficiency" for n in NODES) +
-             " | below 80% when compute < |",
-             "|---|---|---|---|" + "---|" * len(NODES) + "---|"]
+             f" | below 80% at | at {NODES[-1]} nodes, below 80% when compute < |",
+             "|---|---|---|---|" + "---|" * len(NODES) + "---|---|"]
     for name, (_, batch, params, ms) in measured.items():
         nbytes = 4 * params
         for net_name, (bw, lat) in NETWORKS.items():
@@ -86,8 +102,9 @@ def table(measured):
                 t = 1e3 * ring_allreduce_seconds(nbytes, n, bw, lat)
                 cells.append(f"{t:.2f}, {100 * ms / (ms + t):.1f}%")
             worst = 1e3 * ring_allreduce_seconds(nbytes, NODES[-1], bw, lat)
+            below = nodes_below_80(ms, nbytes, bw, lat)
             lines.append(f"| {name} ({batch}) | {nbytes / 1e6:.2f} | {ms:.1f} | {net_name} | " + " | ".join(cells)
-                         + f" | {4 * worst:.1f} ms at {NODES[-1]} nodes |")
+                         + f" | {f'{below:,} nodes' if below else 'never'} | {4 * worst:.1f} ms |")
     return "\n".join(lines)
 
 
