@@ -94,14 +94,7 @@ def build_parser(commands=None):
 
 def _gflags_to_argparse(argv, parser):
     """Accept Caffe's single-dash long flags (``-solver x``, ``-solver=x``)."""
-    long_opts = set()
-    for action in parser._actions:
-        long_opts.update(o for o in action.option_strings if o.startswith("--"))
-    sub = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if sub:
-        for p in sub[0].choices.values():
-            for action in p._actions:
-                long_opts.update(o for o in action.option_strings if o.startswith("--"))
+    long_opts = _long_options(parser)
     out = []
     for a in argv:
         if a.startswith("-") and not a.startswith("--") and len(a) > 2:
