@@ -1,6 +1,6 @@
 """The scaling model of docs/mpi.md: measured compute per iteration against ring-allreduce time.
 
-    python bench/scaling_model.py              # the table from the figures measured on 2026-12-03
+    python bench/scaling_model.py              # the table from the figures measured on 2026-12-04
     python bench/scaling_model.py --measure    # measure forward + backward here first (one thread)
 
 Per iteration, every node computes forward and backward on its batch (``C``,
@@ -25,12 +25,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 #: net: (prototxt, batch per node, parameters, ms per forward + backward at that batch, one thread)
-#: measured on the 2-core VM of the README with bench/scaling_model.py --measure (fastest of the runs;
-#: the machine was shared; ResNet-50 at batch 8, times 4).
+#: measured on the 2-core VM of the README with bench/scaling_model.py --measure on 2026-12-04 (the
+#: faster of two runs, at load averages 5.4 and 4.7 on the shared machine; ResNet-50 at batch 8, times 4).
 MEASURED = {
-    "LeNet": ("configs/lenet/lenet_deploy.prototxt", 64, 431_080, 11.1),
-    "CIFAR-10 quick": ("tests/net/zoo/cifar10_quick.prototxt", 100, 145_578, 181.0),
-    "ResNet-50": ("tests/net/zoo/resnet50_deploy.prototxt", 32, 25_610_269, 4 * 2612.0),
+    "LeNet": ("configs/lenet/lenet_deploy.prototxt", 64, 431_080, 8.4),
+    "CIFAR-10 quick": ("tests/net/zoo/cifar10_quick.prototxt", 100, 145_578, 78.3),
+    "ResNet-50": ("tests/net/zoo/resnet50_deploy.prototxt", 32, 25_610_269, 5019.5),
 }
 NETWORKS = {"10 Gbit/s": (10e9 / 8, 20e-6), "100 Gbit/s": (100e9 / 8, 5e-6)}
 NODES = (1, 8, 64)
