@@ -92,6 +92,15 @@ def bare_allreduce(floats=431086, reps=200):
     return float(out[0]), float(out[1])
 
 
+def loadavg():
+    """/proc/loadavg's 1, 5 and 15 minute averages (the machine may be shared: every figure carries its load)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -114,7 +123,8 @@ def main():
                 rates[name].append(rate * args.batch)
                 if c is not None:
                     comm.append(c)
-                print(f"round {r + 1}: {name:<20} {rate * args.batch:8.0f} images/s", flush=True)
+                print(f"round {r + 1}: {name:<20} {rate * args.batch:8.0f} images/s   load {loadavg()}",
+                      flush=True)
     bare, latency = bare_allreduce()
     load_after = os.getloadavg()
     base = statistics.median(rates["1 process"])

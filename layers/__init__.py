@@ -62,8 +62,10 @@ def load_plugins(group=ENTRY_POINT_GROUP):
 def _plugin_failed(name, value, exc):
     message = f"{type(exc).__name__}: {exc}"
     PLUGIN_ERRORS.append((name, value, message))
-    print(f"numcaffe: warning: layer plugin {name!r} ({value}) failed to load and is skipped: {message}",
-          file=sys.stderr)
+    from numcaffe.net.comm import quiet_rank
+    if not quiet_rank():      # under MPI every rank fails alike: rank 0 says it
+        print(f"numcaffe: warning: layer plugin {name!r} ({value}) failed to load and is skipped: {message}",
+              file=sys.stderr)
 
 
 load_plugins()

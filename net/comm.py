@@ -161,11 +161,25 @@ def world():
     return _world
 
 
+def _log_all_ranks():
+    return os.environ.get("NUMCAFFE_LOG_ALL_RANKS", "").strip() in ("1", "true", "yes")
+
+
+def quiet_rank():
+    """Whether this process is an MPI rank other than 0 that was not asked to log (``train --log_all_ranks``).
+
+    Such a rank prints no notices (a config upgraded on the fly, a layer plugin
+    that failed to load): every rank meets them alike, rank 0 says them once.
+    Read from the launcher's environment, so it holds before :func:`world`
+    exists (reading the solver, importing the layers).
+    """
+    return launcher_size() > 1 and launcher_rank() != 0 and not _log_all_ranks()
+
+
 def _quiet_non_root():
     """Ranks other than 0 log nothing, unless asked: NUMCAFFE_LOG_ALL_RANKS=1 (``train --log_all_ranks``)
     or an explicit GLOG_minloglevel (every rank then logs at that level, as glog would)."""
-    if os.environ.get("NUMCAFFE_LOG_ALL_RANKS", "").strip() in ("1", "true", "yes") \
-            or os.environ.get("GLOG_minloglevel", "").strip():
+    if _log_all_ranks() or os.environ.get("GLOG_minloglevel", "").strip():
         return
     import logging
     from numcaffe.net.log import get_logger

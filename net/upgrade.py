@@ -44,10 +44,13 @@ _told = set()
 
 
 def notice(path, what):
-    """Say once per process what was upgraded in a file (a script may read one file several times)."""
+    """Say once per process what was upgraded in a file (a script may read one file several times);
+    under MPI, rank 0 says it for every rank."""
+    from numcaffe.net.comm import quiet_rank
     if NOTICES and (path, what) not in _told:
         _told.add((path, what))
-        print(f"numcaffe: {path}: {what}", file=sys.stderr)
+        if not quiet_rank():
+            print(f"numcaffe: {path}: {what}", file=sys.stderr)
 
 
 def _upgrader(message_name):

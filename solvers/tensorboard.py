@@ -51,6 +51,7 @@ is written (``numcaffe train`` adds it when ``--tensorboard`` is given).
 import math
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -211,6 +212,20 @@ def caffe_layer_settings(layer_param, text_format):
     return text_format.MessageToString(p, as_one_line=True)
 
 
+def check_logdir(logdir):
+    """Make ``logdir`` if missing and write a file into it: a directory that cannot be made or written
+    (another user's, a read-only mount) fails now, in one line, not at the first display of a long run."""
+    try:
+        os.makedirs(logdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the TensorBoard directory {logdir}: {e.strerror or e}") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=logdir, prefix=".numcaffe-write-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write into the TensorBoard directory {logdir}: {e.strerror or e}") from None
+
+
 class TensorBoardWriter(SolverListener):
     """Writes a run's curves, histograms and graph into ``logdir`` (see the module doc).
 
@@ -225,10 +240,7 @@ class TensorBoardWriter(SolverListener):
         if histograms < 0:
             raise ConfigError(f"the TensorBoard histogram interval must be >= 0 (got {histograms})")
         self.logdir = os.fspath(logdir)
-        try:                    # a directory that cannot be made fails now, not at the first display
-            os.makedirs(self.logdir, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create the TensorBoard directory {self.logdir}: {e.strerror or e}") from None
+        check_logdir(self.logdir)
         self.histograms = histograms
         self.flush_secs = flush_secs
         self.writer = None

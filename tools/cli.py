@@ -9,7 +9,9 @@ Each command lives in its own module of this package and declares::
 
 The modules are found by walking the package, so adding a command touches no
 other file.  Caffe's gflags spellings work too: ``-solver x``, ``-solver=x``
-and ``--solver=x`` all mean ``--solver x``.
+and ``--solver=x`` all mean ``--solver x``.  Flags are never abbreviated
+(argparse would take ``--proc 2`` for ``--procs 2``, and silently for another
+flag once a longer one is added): a flag must be written out in full.
 
 Every failure caused by the user's input is a :class:`NumcaffeError`: it is
 printed as one line, ``numcaffe: error: ...``, with exit status 1 and no
@@ -39,10 +41,43 @@ def _commands():
 
 
 class _Parser(argparse.ArgumentParser):
+    """Flags are never abbreviated: ``--proc 2`` is an error, not ``--procs 2`` (nor a future ``--procfile``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         # One line, as every other failure: the usage is one `--help` away.
-        print(f"numcaffe: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        print(f"numcaffe: error: {message}{_abbreviated(self, message)} (see `{self.prog} --help`)",
+              file=sys.stderr)
         sys.exit(1)
+
+
+def _long_options(parser):
+    """Every ``--flag`` of ``parser`` and of its subcommands' parsers."""
+    found = set()
+    for action in parser._actions:
+        found.update(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                found |= _long_options(p)
+    return found
+
+
+def _abbreviated(parser, message):
+    """For ``unrecognized arguments: --proc 2``: which flags ``--proc`` abbreviates, as a hint."""
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    options = _long_options(parser)
+    hints = []
+    for word in message.split(":", 1)[1].split():
+        typed = word.split("=", 1)[0]
+        name = "--" + typed.lstrip("-")
+        full = sorted(o for o in options if o.startswith(name) and o != name)
+        if typed.startswith("-") and len(name) > 3 and full:
+            hints.append(f"{typed} is not {' or '.join(full)}")
+    return f"; flags are not abbreviated: {', '.join(hints)}" if hints else ""
 
 
 def build_parser(commands=None):
@@ -61,14 +96,7 @@ def build_parser(commands=None):
 
 def _gflags_to_argparse(argv, parser):
     """Accept Caffe's single-dash long flags (``-solver x``, ``-solver=x``)."""
-    long_opts = set()
-    for action in parser._actions:
-        long_opts.update(o for o in action.option_strings if o.startswith("--"))
-    sub = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if sub:
-        for p in sub[0].choices.values():
-            for action in p._actions:
-                long_opts.update(o for o in action.option_strings if o.startswith("--"))
+    long_opts = _long_options(parser)
     out = []
     for a in argv:
         if a.startswith("-") and not a.startswith("--") and len(a) > 2:
@@ -110,7 +138,11 @@ def _main(argv):
     commands = _commands()
     parser = build_parser(commands)
     argv = _gflags_to_argparse(argv, parser)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:     # said by the subcommand's parser, whose --help lists its flags
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        which = subparsers[0].choices.get(args.command, parser) if subparsers else parser
+        which.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not args.command:
         parser.print_help()
         return 0

@@ -9,7 +9,7 @@ Reads Caffe's logs and numcaffe's alike (both are glog lines)::
     I1123 08:55:05.000000 12345 solver.cpp:414]     Test net output #0: accuracy = 0.8184
 
 and writes ``LOG.train`` and ``LOG.test`` into OUTDIR (default: beside the
-log), as Caffe's tools/extra/parse_log.py does: columns ``NumIters``,
+log; made if missing, with its parents), as Caffe's tools/extra/parse_log.py does: columns ``NumIters``,
 ``Seconds`` (since the ``Solving`` line), ``LearningRate``, then one column per
 net output.  Outputs of test net #k (k > 0) are named ``net<k>/<output>``.
 
@@ -195,9 +195,11 @@ def write_csv(path, table, delimiter=","):
 
 
 def save_csv_files(tables, outdir, delimiter=","):
-    """Write ``<log name>.train`` and ``<log name>.test`` into ``outdir``; returns their paths."""
-    if not os.path.isdir(outdir):
-        raise ConfigError(f"{outdir}: no such output directory")
+    """Write ``<log name>.train`` and ``<log name>.test`` into ``outdir`` (made if missing); returns their paths."""
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as e:   # a file in the way, or no permission
+        raise ConfigError(f"{outdir}: cannot create the output directory: {e.strerror or e}") from None
     base = os.path.join(outdir, os.path.basename(tables.path))
     write_csv(base + ".train", tables.train, delimiter)
     write_csv(base + ".test", tables.test, delimiter)
@@ -207,7 +209,7 @@ def save_csv_files(tables, outdir, delimiter=","):
 def add_arguments(p):
     p.add_argument("log", help="a training log (Caffe's or numcaffe's)")
     p.add_argument("outdir", nargs="?", default=None, help="where to write LOG.train and LOG.test "
-                   "(default: the log's directory)")
+                   "(default: the log's directory; made if missing)")
     p.add_argument("--delimiter", default=",", help="column delimiter (default ',')")
 
 

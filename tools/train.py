@@ -45,8 +45,8 @@ def add_arguments(p):
                    help="accepted for Caffe compatibility (a test/time flag); train runs to the solver's max_iter")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar with ETA: auto (when stderr is a terminal and tqdm is installed)")
-    p.add_argument("--procs", type=int, default=0,
-                   help="train data-parallel on this many processes of this machine: numcaffe starts the "
+    p.add_argument("--procs", type=int, default=None, metavar="N",
+                   help="train data-parallel on N >= 1 processes of this machine: numcaffe starts the "
                         "mpiexec that pip installed (needs numcaffe[mpi]); see docs/mpi.md")
     p.add_argument("--log_all_ranks", action="store_true",
                    help="with several MPI ranks, every rank logs (by default only rank 0 does)")
@@ -100,14 +100,23 @@ def run(args):
     if args.log_all_ranks:
         os.environ["NUMCAFFE_LOG_ALL_RANKS"] = "1"
     log = get_logger("numcaffe.train")
-    if args.procs and args.procs < 0:
-        raise ConfigError(f"--procs must be a positive number of processes (got {args.procs})")
-    if args.procs > 1:
+    if args.procs is not None and args.procs < 1:
+        raise ConfigError(f"--procs takes a number of processes N >= 1 (got {args.procs})")
+    if args.procs is not None and args.procs > 1:
         if nc_comm.launcher_size() > 1:
             raise ConfigError("--procs starts its own mpiexec; under an MPI launcher, leave --procs out")
-        from numcaffe.tools.procs import launch
+        from numcaffe.tools.procs import cores, launch
         if not args.solver:
             raise ConfigError("need a solver definition to train (--solver)")
+        if args.tensorboard:  # rank 0 will write there: a directory it cannot write fails now, in one line
+            from numcaffe.solvers.tensorboard import TensorBoardWriter
+            TensorBoardWriter(args.tensorboard, histograms=args.tensorboard_histograms)
+        elif args.tensorboard_histograms:
+            raise ConfigError("--tensorboard-histograms needs --tensorboard DIR")
+        if args.procs > cores():
+            log.warning("--procs %d: more processes than the %d core(s) this machine gives numcaffe; they take turns "
+                        "(oversubscribed), which works but is usually slower than --procs %d", args.procs, cores(),
+                        cores())
         return launch(args.procs, getattr(args, "argv", None) or ["train", "--solver", args.solver], log)
     comm = nc_comm.world()    # under a launcher: which rank this is (and no mpi4py, no N separate runs)
     if not args.solver:

@@ -11,6 +11,12 @@ script.py``) and the solver already averages its gradients over them
 ``bcast()`` broadcasts rank 0's weights, its callbacks have nothing left to do,
 and it refuses, in one line, a script that asks for N solvers in a process
 that is not one of N ranks (N unconnected trainings would each learn alone).
+
+``caffe.has_nccl()`` stays False (no NCCL library, as a CPU-only Caffe), but
+unlike a CPU-only Caffe's stub, this ``NCCL`` works: ``new_uid()`` (bytes) and
+``bcast()`` exist.  Nothing depends on a script making one: under ``mpiexec``
+a plain ``SGDSolver`` loop trains data-parallel too (tests/solvers/test_mpi.py
+runs both and gets ``numcaffe train --procs 2``'s weights bitwise).
 """
 from numcaffe.net import comm as nc_comm
 from numcaffe.net.errors import ConfigError

@@ -51,7 +51,14 @@ def layer_type_list():
 
 
 def has_nccl():
-    """False: numcaffe has no NCCL (multi-GPU) support, as a CPU-only Caffe build."""
+    """False, always: numcaffe links no NCCL (it runs on the CPU), which is what a CPU-only Caffe reports.
+
+    It does not say whether data-parallel training works: ``caffe.NCCL`` here
+    joins MPI ranks (parallel.py), and under ``mpiexec`` the solver averages the
+    gradients whether or not a script makes one, so a script that takes its
+    ``has_nccl()`` False branch (one solver, no NCCL) still trains data-parallel.
+    ``NCCL.new_uid()`` returns bytes, as Caffe's test_nccl asks of a build with NCCL.
+    """
     return False
 
 

@@ -38,6 +38,19 @@ def test_launcher_detection(monkeypatch):
     assert comm.launcher_size() == 8 and comm.launcher_rank() == 3
 
 
+def test_ranks_other_than_0_are_quiet_unless_asked(monkeypatch):
+    for name in comm.SIZE_VARIABLES + comm.RANK_VARIABLES + ("NUMCAFFE_LOG_ALL_RANKS",):
+        monkeypatch.delenv(name, raising=False)
+    assert not comm.quiet_rank()                     # one process
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    assert not comm.quiet_rank()
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    assert comm.quiet_rank()
+    monkeypatch.setenv("NUMCAFFE_LOG_ALL_RANKS", "1")   # train --log_all_ranks
+    assert not comm.quiet_rank()
+
+
 def test_without_mpi4py_a_rank_refuses_in_one_line(monkeypatch):
     import builtins
     real_import = builtins.__import__

@@ -174,6 +174,22 @@ def test_an_upgrade_notice_is_printed_once_per_file(tmp_path, capsys):
     assert capsys.readouterr().err.count("upgraded deprecated solver_type") == 1
 
 
+def test_under_mpi_rank_0_alone_prints_the_notices(tmp_path, capsys, monkeypatch):
+    from numcaffe.net import comm
+    for name in comm.SIZE_VARIABLES + comm.RANK_VARIABLES + ("NUMCAFFE_LOG_ALL_RANKS",):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(upgrade, "NOTICES", True)
+    monkeypatch.setattr(upgrade, "_told", set())
+    path = tmp_path / "old.prototxt"
+    path.write_text(V1_LENET)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    for rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv("OMPI_COMM_WORLD_RANK", rank)
+        upgrade._told.clear()
+        assert read_message(str(path), caffe_pb2.NetParameter) == _net(CURRENT_LENET)
+        assert ("old.prototxt" in capsys.readouterr().err) == said, rank
+
+
 def test_messages_built_in_memory_are_taken_as_they_are_and_old_forms_refused():
     from numcaffe.net import Net
     from numcaffe.solvers import get_solver

@@ -266,6 +266,12 @@ import numcaffe.net.pycaffe as caffe
 
 def solve(proto, rank, count):
     # python/train.py's solve(), with only the import changed
+    assert caffe.has_nccl() is False and isinstance(caffe.NCCL.new_uid(), bytes)   # BVLC's test_nccl holds
+    if os.environ.get("PLAIN"):   # a script that takes the has_nccl() False branch: one solver, no NCCL
+        solver = caffe.SGDSolver(proto)
+        assert (caffe.solver_count(), caffe.solver_rank()) == (count, rank)
+        solver.step(solver.param.max_iter)
+        return
     caffe.set_solver_count(count)
     caffe.set_solver_rank(rank)
     caffe.set_multiprocess(True)
@@ -282,15 +288,19 @@ solve("p.prototxt", int(os.environ["OMPI_COMM_WORLD_RANK"]), int(os.environ["OMP
 '''
 
 
-def test_a_pycaffe_nccl_loop_under_mpiexec_trains_as_numcaffe_train_procs(job, runs):
+@pytest.mark.parametrize("plain", ["", "1"])
+def test_a_pycaffe_nccl_loop_under_mpiexec_trains_as_numcaffe_train_procs(job, runs, plain):
+    """With caffe.NCCL as python/train.py uses it, and without it (the branch a script takes on
+    has_nccl() False): under mpiexec the solver averages the gradients either way."""
     from numcaffe.tools.procs import command
     (job / "p.py").write_text(PYCAFFE_SCRIPT)
     solver_file(job, "p", 8, "p/run")
-    cmd, env, _ = command(2, [], os.environ)
-    cmd = cmd[:cmd.index(sys.executable)] + [sys.executable, "p.py"]
+    cmd, env, _ = command(2, [], dict(os.environ, PLAIN=plain))
+    cmd = cmd[:cmd.index(sys.executable)] + ["-x", "PLAIN", sys.executable, "p.py"]
     res = subprocess.run(cmd, cwd=job, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (job / "p/run_iter_50.caffemodel").read_bytes() == (job / "a/run_iter_50.caffemodel").read_bytes()
+    os.remove(job / "p/run_iter_50.caffemodel")
 
 
 def test_one_process_resumes_a_two_rank_state_with_a_warning(job, runs, numcaffe_log, monkeypatch):

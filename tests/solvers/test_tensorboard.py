@@ -252,6 +252,28 @@ def test_missing_tensorboardx_and_bad_flags_are_one_line(tmp_path, capsys, monke
     assert not (tmp_path / "tb").exists()
 
 
+def test_a_directory_that_cannot_be_written_fails_before_training(tmp_path, capsys, monkeypatch):
+    """An existing directory no file can be created in (sysfs refuses even root) is refused up front,
+    by ``train`` and by the ``--procs`` launcher before it starts any rank."""
+    from numcaffe.tools import procs
+    xor = xor_example(tmp_path)
+    solver = str(xor / "solver.prototxt")
+    assert Path("/sys/kernel").is_dir()
+    started = []
+    monkeypatch.setattr(procs, "launch", lambda *a: started.append(a) or 0)
+    for extra in ([], ["--procs", "2"]):
+        status = main(["train", "--solver", solver, "--tensorboard", "/sys/kernel", *extra])
+        err = capsys.readouterr().err.splitlines()
+        assert status == 1 and len(err) == 1, err
+        assert err[0].startswith("numcaffe: error: cannot write into the TensorBoard directory /sys/kernel: "), err
+    assert not started
+    status = main(["train", "--solver", solver, "--procs", "2", "--tensorboard-histograms", "5"])
+    assert status == 1 and capsys.readouterr().err.splitlines() == [
+        "numcaffe: error: --tensorboard-histograms needs --tensorboard DIR"]
+    assert main(["train", "--solver", solver, "--procs", "2", "--tensorboard", str(tmp_path / "tb")]) == 0
+    assert len(started) == 1 and (tmp_path / "tb").is_dir() and not list((tmp_path / "tb").iterdir())
+
+
 def test_bucket_counts_kernel_gives_tensorboardxs_histogram():
     from tensorboardX.summary import make_histogram
     from numcaffe.solvers.tensorboard import histogram

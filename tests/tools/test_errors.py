@@ -221,6 +221,47 @@ def test_bad_flags(files, capsys, argv, needle):
     assert_clean_error(status, err, needle)
 
 
+def test_an_abbreviated_flag_is_refused_not_taken_for_the_full_one(files, capsys):
+    status, _, err = cli(["train", "--solver", "solver.prototxt", "--proc", "2"], capsys)
+    assert_clean_error(status, err, "unrecognized arguments: --proc 2", "--proc is not --procs",
+                       "numcaffe train --help")
+    assert not os.path.exists("snapshot_after_train")      # nothing ran
+    status, _, err = cli(["train", "--solver", "solver.prototxt", "--proc=2"], capsys)
+    assert_clean_error(status, err, "--proc is not --procs")
+    status, _, err = cli(["--deb", "time", "--model", "net.prototxt"], capsys)
+    assert_clean_error(status, err, "--deb is not --debug")
+
+
+def test_no_subcommand_takes_abbreviations(capsys):
+    """Every long flag of every subcommand, one letter short, is not read as the flag; for train (no
+    positional arguments to get in the way) it is the one-line error, exit 1."""
+    from numcaffe.tools.cli import _Parser, _long_options, build_parser
+    parser = build_parser()
+    subparsers = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"][0].choices
+    assert len(subparsers) >= 10
+    tried = 0
+    for name, sub in subparsers.items():
+        assert isinstance(sub, _Parser), name
+        options = _long_options(sub)
+        for option in options:
+            short = option[:-1]
+            if len(short) > 3 and short not in options:
+                found = sub._parse_optional(short)      # (action, flag, value) when argparse takes it as a flag
+                assert found is None or found[0] is None, (name, short, found)
+                tried += 1
+                if name == "train":
+                    status, _, err = cli(["train", short, "1"], capsys)
+                    assert_clean_error(status, err, f"unrecognized arguments: {short} 1", f"{short} is not ")
+    assert tried > 30
+
+
+def test_caffe_single_dash_and_equals_spellings_still_work(files, capsys):
+    for argv in (["time", "-model", "net.prototxt", "-iterations", "1"],
+                 ["time", "-model=net.prototxt", "--iterations=1"]):
+        status, _, err = cli(argv, capsys)
+        assert status == 0, err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["train", "--solver", "nope.prototxt"], "nope.prototxt"),
     (["test", "--model", "nope.prototxt", "--weights", "net.caffemodel"], "nope.prototxt"),

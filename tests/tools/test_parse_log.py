@@ -85,10 +85,19 @@ def test_cli_default_outdir_is_beside_the_log(tmp_path):
     assert os.path.exists(tmp_path / "run.log.test")
 
 
+def test_cli_makes_a_missing_outdir(tmp_path, capsys):
+    out = tmp_path / "curves" / "run1"
+    assert main(["parse-log", str(LOG), str(out)]) == 0
+    assert (out / "lenet_train.log.train").read_text().startswith("NumIters,Seconds,LearningRate,loss\n")
+    assert (out / "lenet_train.log.test").exists()
+    assert str(out / "lenet_train.log.train") in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv_tail,needle", [
     (["missing.log"], "no such log file"),
     (["empty.log"], "no training or test output"),
-    (["good.log", "nodir"], "no such output directory"),
+    (["good.log", "good.log"], "cannot create the output directory"),     # a file in the way
+    (["good.log", "good.log/sub"], "cannot create the output directory"),
 ])
 def test_cli_errors(tmp_path, monkeypatch, capsys, argv_tail, needle):
     monkeypatch.chdir(tmp_path)

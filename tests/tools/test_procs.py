@@ -48,6 +48,56 @@ def test_without_mpi4py_procs_says_what_to_install(monkeypatch, capsys):
                    "pip install 'numcaffe[mpi]'"]
 
 
+@pytest.mark.parametrize("flag", [["--procs", "0"], ["--procs", "-1"], ["--procs=-2"], ["-procs", "0"]])
+def test_procs_takes_one_or_more(flag, capsys):
+    assert main(["train", "--solver", "x.prototxt"] + flag) == 1
+    value = flag[-1].split("=")[-1]
+    assert capsys.readouterr().err.splitlines() == [
+        f"numcaffe: error: --procs takes a number of processes N >= 1 (got {value})"]
+
+
+def test_more_procs_than_cores_is_a_warning_not_a_refusal(monkeypatch, capsys):
+    monkeypatch.setattr(procs, "cores", lambda: 2)
+    started = []
+    monkeypatch.setattr(procs, "launch", lambda n, argv, log: started.append((n, argv)) or 0)
+    assert main(["train", "--solver", "x.prototxt", "--procs", "3"]) == 0
+    assert started == [(3, ["train", "--solver", "x.prototxt", "--procs", "3"])]
+    warnings = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines() if line.startswith("W")]
+    assert warnings == ["--procs 3: more processes than the 2 core(s) this machine gives numcaffe; they take turns "
+                        "(oversubscribed), which works but is usually slower than --procs 2"]
+    started.clear()
+    assert main(["train", "--solver", "x.prototxt", "--procs", "2"]) == 0 and started
+    assert "more processes than" not in capsys.readouterr().err
+
+
+V1_NET = """name: "v1"
+layers { name: "d" type: DUMMY_DATA top: "x" top: "y"
+  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 } data_filler { type: "gaussian" } } }
+layers { name: "ip" type: INNER_PRODUCT bottom: "x" top: "ip" blobs_lr: 1 blobs_lr: 2
+  inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+layers { name: "loss" type: EUCLIDEAN_LOSS bottom: "ip" bottom: "y" top: "loss" }
+"""
+OLD_SOLVER = ('net: "net.prototxt" base_lr: 0.01 lr_policy: "fixed" max_iter: 3 display: 1 solver_type: SGD '
+              'snapshot: 3 snapshot_prefix: "snap/x" random_seed: 1 solver_mode: CPU')
+
+
+def test_a_real_oversubscribed_job_warns_once_and_rank_0_alone_says_the_upgrades(tmp_path):
+    """2 ranks on one core (this process's affinity): the warning, and each upgrade notice, said once."""
+    (tmp_path / "net.prototxt").write_text(V1_NET)
+    (tmp_path / "solver.prototxt").write_text(OLD_SOLVER)
+    (tmp_path / "snap").mkdir()
+    res = subprocess.run([sys.executable, "-m", "numcaffe.tools.cli", "train", "--solver", "solver.prototxt",
+                          "--procs", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert res.returncode == 0, res.stderr[-3000:]
+    err = res.stderr
+    assert err.count("more processes than the 1 core(s)") == 1
+    assert "--oversubscribe" in err and "Data parallel over 2 ranks" in err
+    assert err.count("numcaffe: solver.prototxt: upgraded deprecated solver_type") == 1
+    assert err.count("numcaffe: net.prototxt: upgraded 3 layer(s) from the deprecated V1") == 1
+    assert sorted(os.listdir(tmp_path / "snap")) == ["x_iter_3.caffemodel", "x_iter_3.solverstate"]
+
+
 def test_a_rank_of_a_launcher_without_mpi4py_refuses_instead_of_training_alone(tmp_path):
     fake = tmp_path / "mpi4py"
     fake.mkdir()
