@@ -36,34 +36,47 @@ in Caffe; eps defaults to 1e-9).
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from numcaffe.layers.base import Layer, register
+from numcaffe.layers.parallel import parts
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.proto import caffe_pb2
 
 
 # -- BatchNorm kernels ------------------------------------------------------------------
+@njit(inline="always")
+def _channel_mean_var(x, num, channels, spatial, c, mean, var):
+    m = num * spatial
+    acc = 0.0
+    for n in range(num):
+        base = (n * channels + c) * spatial
+        for i in range(spatial):
+            acc += x[base + i]
+    mu = acc / m
+    acc = 0.0
+    for n in range(num):
+        base = (n * channels + c) * spatial
+        for i in range(spatial):
+            d = x[base + i] - mu
+            acc += d * d
+    mean[c] = mu
+    var[c] = acc / m
+
+
 @njit(cache=True)
 def channel_mean_var(x, num, channels, spatial, mean, var):
     """Per-channel mean and biased variance E((x - mean)^2) over batch and spatial axes."""
-    m = num * spatial
     for c in range(channels):
-        acc = 0.0
-        for n in range(num):
-            base = (n * channels + c) * spatial
-            for i in range(spatial):
-                acc += x[base + i]
-        mu = acc / m
-        acc = 0.0
-        for n in range(num):
-            base = (n * channels + c) * spatial
-            for i in range(spatial):
-                d = x[base + i] - mu
-                acc += d * d
-        mean[c] = mu
-        var[c] = acc / m
+        _channel_mean_var(x, num, channels, spatial, c, mean, var)
+
+
+@njit(cache=True, parallel=True)
+def channel_mean_var_parallel(x, num, channels, spatial, mean, var):
+    """channel_mean_var with the channels shared among the threads (layers/parallel.py): bitwise the same."""
+    for c in prange(channels):
+        _channel_mean_var(x, num, channels, spatial, c, mean, var)
 
 
 @njit(cache=True)
@@ -78,55 +91,99 @@ def update_running_stats(mean, var, fraction, correction, run_mean, run_var, fac
 # Each kernel works on one array in place: the layer copies x into the top (dy into the bottom diff)
 # first when it does not run in place.  A numba loop handed one array as both input and output
 # falls back to scalar code (layers/neuron.py), and one in-place kernel serves both cases.
+# The parallel twins share the (image, channel) planes, or the channels, among the threads.
+
+@njit(inline="always")
+def _normalize_plane(y, mean, std, channels, spatial, nc, x_norm, keep):
+    c = nc % channels
+    base = nc * spatial
+    mu = mean[c]
+    s = std[c]
+    for i in range(spatial):
+        v = (y[base + i] - mu) / s
+        y[base + i] = v
+        if keep:
+            x_norm[base + i] = v
+
 
 @njit(cache=True)
 def batch_norm_forward(y, mean, std, num, channels, spatial, x_norm, keep):
     """y = (y - mean_c) / std_c, also into x_norm when ``keep`` (backward with batch statistics reads it)."""
+    for nc in range(num * channels):
+        _normalize_plane(y, mean, std, channels, spatial, nc, x_norm, keep)
+
+
+@njit(cache=True, parallel=True)
+def batch_norm_forward_parallel(y, mean, std, num, channels, spatial, x_norm, keep):
+    """batch_norm_forward, planes shared among the threads: bitwise the same."""
+    for nc in prange(num * channels):
+        _normalize_plane(y, mean, std, channels, spatial, nc, x_norm, keep)
+
+
+@njit(inline="always")
+def _channel_sums(d, x_norm, num, channels, spatial, c, sum_dy, sum_dy_y):
+    a = 0.0
+    b = 0.0
     for n in range(num):
-        for c in range(channels):
-            base = (n * channels + c) * spatial
-            mu = mean[c]
-            s = std[c]
-            for i in range(spatial):
-                v = (y[base + i] - mu) / s
-                y[base + i] = v
-                if keep:
-                    x_norm[base + i] = v
+        base = (n * channels + c) * spatial
+        for i in range(spatial):
+            a += d[base + i]
+            b += d[base + i] * x_norm[base + i]
+    sum_dy[c] = a
+    sum_dy_y[c] = b
+
+
+@njit(inline="always")
+def _batch_norm_backward_plane(d, x_norm, std, channels, spatial, nc, m, sum_dy, sum_dy_y):
+    c = nc % channels
+    base = nc * spatial
+    mdy = sum_dy[c] / m
+    mdyy = sum_dy_y[c] / m
+    s = std[c]
+    for i in range(spatial):
+        d[base + i] = (d[base + i] - mdy - mdyy * x_norm[base + i]) / s
 
 
 @njit(cache=True)
 def batch_norm_backward(d, x_norm, std, num, channels, spatial, sum_dy, sum_dy_y):
     """d = (d - mean(d) - mean(d * y) * y) / std over each channel (d: dy in, dx out)."""
     for c in range(channels):
-        a = 0.0
-        b = 0.0
-        for n in range(num):
-            base = (n * channels + c) * spatial
-            for i in range(spatial):
-                a += d[base + i]
-                b += d[base + i] * x_norm[base + i]
-        sum_dy[c] = a
-        sum_dy_y[c] = b
+        _channel_sums(d, x_norm, num, channels, spatial, c, sum_dy, sum_dy_y)
     m = num * spatial
-    for n in range(num):
-        for c in range(channels):
-            base = (n * channels + c) * spatial
-            mdy = sum_dy[c] / m
-            mdyy = sum_dy_y[c] / m
-            s = std[c]
-            for i in range(spatial):
-                d[base + i] = (d[base + i] - mdy - mdyy * x_norm[base + i]) / s
+    for nc in range(num * channels):
+        _batch_norm_backward_plane(d, x_norm, std, channels, spatial, nc, m, sum_dy, sum_dy_y)
+
+
+@njit(cache=True, parallel=True)
+def batch_norm_backward_parallel(d, x_norm, std, num, channels, spatial, sum_dy, sum_dy_y):
+    """batch_norm_backward, channels then planes shared among the threads: bitwise the same."""
+    for c in prange(channels):
+        _channel_sums(d, x_norm, num, channels, spatial, c, sum_dy, sum_dy_y)
+    m = num * spatial
+    for nc in prange(num * channels):
+        _batch_norm_backward_plane(d, x_norm, std, channels, spatial, nc, m, sum_dy, sum_dy_y)
+
+
+@njit(inline="always")
+def _divide_plane(d, std, channels, spatial, nc):
+    base = nc * spatial
+    s = std[nc % channels]
+    for i in range(spatial):
+        d[base + i] = d[base + i] / s
 
 
 @njit(cache=True)
 def batch_norm_global_backward(d, std, num, channels, spatial):
     """d = d / std_c (global statistics are constants)."""
-    for n in range(num):
-        for c in range(channels):
-            base = (n * channels + c) * spatial
-            s = std[c]
-            for i in range(spatial):
-                d[base + i] = d[base + i] / s
+    for nc in range(num * channels):
+        _divide_plane(d, std, channels, spatial, nc)
+
+
+@njit(cache=True, parallel=True)
+def batch_norm_global_backward_parallel(d, std, num, channels, spatial):
+    """batch_norm_global_backward, planes shared among the threads: bitwise the same."""
+    for nc in prange(num * channels):
+        _divide_plane(d, std, channels, spatial, nc)
 
 
 @register("BatchNorm")
@@ -186,7 +243,8 @@ class BatchNormLayer(Layer):
             np.multiply(self.blobs[0].flat_data, np.float32(scale), out=self.mean)
             np.multiply(self.blobs[1].flat_data, np.float32(scale), out=self.var)
         else:
-            channel_mean_var(x, self.num, self.channels, self.spatial, self.mean, self.var)
+            mean_var = channel_mean_var_parallel if parts(x.size) > 1 else channel_mean_var
+            mean_var(x, self.num, self.channels, self.spatial, self.mean, self.var)
             m = x.size // self.channels
             correction = m / (m - 1.0) if m > 1 else 1.0
             update_running_stats(self.mean, self.var, self.fraction, correction, self.blobs[0].flat_data,
@@ -199,7 +257,8 @@ class BatchNormLayer(Layer):
         y = top[0].flat_data
         if top[0] is not bottom[0]:
             np.copyto(y, x)
-        batch_norm_forward(y, self.mean, self.std, self.num, self.channels, self.spatial, x_norm, keep)
+        forward = batch_norm_forward_parallel if parts(y.size) > 1 else batch_norm_forward
+        forward(y, self.mean, self.std, self.num, self.channels, self.spatial, x_norm, keep)
 
     def Backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -207,11 +266,14 @@ class BatchNormLayer(Layer):
         dx = bottom[0].flat_diff
         if top[0] is not bottom[0]:
             np.copyto(dx, top[0].flat_diff)
+        wide = parts(dx.size) > 1
         if self.use_global_stats:
-            batch_norm_global_backward(dx, self.std, self.num, self.channels, self.spatial)
+            backward = batch_norm_global_backward_parallel if wide else batch_norm_global_backward
+            backward(dx, self.std, self.num, self.channels, self.spatial)
         else:
-            batch_norm_backward(dx, self.x_norm[: dx.size], self.std, self.num, self.channels, self.spatial,
-                                self.sum_dy, self.sum_dy_y)
+            backward = batch_norm_backward_parallel if wide else batch_norm_backward
+            backward(dx, self.x_norm[: dx.size], self.std, self.num, self.channels, self.spatial,
+                     self.sum_dy, self.sum_dy_y)
 
 
 # -- MVN kernels ----------------------------------------------------------------------------
