@@ -76,6 +76,30 @@ def weighted_sum2_parallel(ca, a, cb, b, y, shares):
         weighted_sum2(ca, a[lo:hi], cb, b[lo:hi], y[lo:hi])
 
 
+@njit(cache=True)
+def copy_into(src, dst):
+    """dst = src (the serial copy is numpy's ``np.copyto``; this is the kernel its twin shares out)."""
+    for i in range(dst.size):
+        dst[i] = src[i]
+
+
+@njit(cache=True, parallel=True)
+def copy_into_parallel(src, dst, shares):
+    """copy_into on ``shares`` equal shares of dst."""
+    for t in prange(shares):
+        lo, hi = share(dst.size, t, shares)
+        copy_into(src[lo:hi], dst[lo:hi])
+
+
+def copy(dst, src):
+    """dst[...] = src for flat float arrays: numpy's copy, or on every thread when it is big."""
+    shares = parts(dst.size)
+    if shares > 1:
+        copy_into_parallel(src, dst, shares)
+    else:
+        np.copyto(dst, src)
+
+
 @njit(cache=True, parallel=True)
 def axpy_parallel(alpha, x, y, shares):
     """axpy on ``shares`` equal shares of y: bitwise the same."""
@@ -427,7 +451,7 @@ class ScaleLayer(Layer):
         x = bottom[0].flat_data
         if top[0] is bottom[0]:
             # In place: keep x for the scale gradient.
-            self._x_copy[: x.size] = x
+            copy(self._x_copy[: x.size], x)
             x = self._x_copy[: x.size]
         y = top[0].flat_data
         wide = parts(y.size) > 1
@@ -437,7 +461,7 @@ class ScaleLayer(Layer):
                        self.inner, y)
         else:
             if top[0] is not bottom[0]:
-                np.copyto(y, x)
+                copy(y, x)
             scale = broadcast_scale_parallel if wide else broadcast_scale
             scale(y, self._scale(bottom).flat_data, self.outer, self.dim, self.inner)
 
@@ -468,7 +492,7 @@ class ScaleLayer(Layer):
         if propagate_down[0]:
             dx = bottom[0].flat_diff
             if top[0] is not bottom[0]:
-                np.copyto(dx, dy)
+                copy(dx, dy)
             scale = broadcast_scale_parallel if wide else broadcast_scale
             scale(dx, s.flat_data, self.outer, self.dim, self.inner)
 

@@ -39,6 +39,7 @@ import numpy as np
 from numba import njit, prange
 
 from numcaffe.layers.base import Layer, register
+from numcaffe.layers.elementwise import copy
 from numcaffe.layers.parallel import parts
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
@@ -256,7 +257,7 @@ class BatchNormLayer(Layer):
         x_norm = self.x_norm[: x.size] if keep else self.x_norm[:1]
         y = top[0].flat_data
         if top[0] is not bottom[0]:
-            np.copyto(y, x)
+            copy(y, x)
         forward = batch_norm_forward_parallel if parts(y.size) > 1 else batch_norm_forward
         forward(y, self.mean, self.std, self.num, self.channels, self.spatial, x_norm, keep)
 
@@ -265,7 +266,7 @@ class BatchNormLayer(Layer):
             return
         dx = bottom[0].flat_diff
         if top[0] is not bottom[0]:
-            np.copyto(dx, top[0].flat_diff)
+            copy(dx, top[0].flat_diff)
         wide = parts(dx.size) > 1
         if self.use_global_stats:
             backward = batch_norm_global_backward_parallel if wide else batch_norm_global_backward
