@@ -27,10 +27,12 @@ stride-1 depthwise kernels are).
   reuses forward's columns for the weight gradient (in a chain of convolutions,
   the last one).  (Smaller, cache-sized chunks were measured on LeNet: no gain
   that stood out of the noise.)
-* The kernels are serial: on two cores, numba's threads and OpenBLAS's threads
-  took the cores from each other (measured 2x slower); the GEMMs use OpenBLAS's.
-  Running half the images of the per-image path on a helper thread made conv1
-  alone 1.5x faster but LeNet training no faster (10.1 against 10.2-10.4 ms).
+* The column copies, layout transposes and bias sums have parallel twins
+  (layers/im2col.py), taken when the thread budget is above one and the copy is
+  big (layers/parallel.py, docs/threads.md); the GEMMs use OpenBLAS's threads, the
+  same count.  Numba's and OpenBLAS's pools take turns on the cores: their idle
+  threads sleep instead of spinning (net/threads.py), which is what made a first
+  ``parallel=True`` attempt 2x slower.
 """
 import numpy as np
 

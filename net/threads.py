@@ -18,12 +18,17 @@ measurements):
   OpenBLAS starts with exactly that many threads; a program that imports numcaffe
   as a library calls :func:`set_threads`, which uses threadpoolctl (the
   ``threads`` extra) for OpenBLAS and ``numba.set_num_threads`` for Numba.
-* Numba runs its parallel loops on its ``workqueue`` threading layer, whose idle
-  threads sleep on a condition variable, and OpenBLAS's idle threads sleep after a
-  short spin (``OPENBLAS_THREAD_TIMEOUT``), so a GEMM's helper threads never spin
-  on a core a Numba loop needs, nor the other way round.  (Numba's OpenMP layer
-  and OpenBLAS's default spin of 2^28 cycles made a parallel loop right after a
-  GEMM 2x slower on two cores.)  Variables the user set are left alone.
+* Their idle threads must not spin on a core the other pool needs.  Numba runs
+  its loops on GNU OpenMP (its threading layer of first choice here,
+  ``NUMBA_THREADING_LAYER_PRIORITY``), whose idle threads spin 300,000 rounds
+  by default, ~15 ms on this Skylake: every GEMM right after a parallel loop
+  lost that long to a spinning thread (30 GEMM + loop pairs: 757 ms against 405
+  serial; the 2x slowdown of the first ``parallel=True`` attempt).
+  ``GOMP_SPINCOUNT=10000`` (~0.5 ms) keeps a launch cheap (8 us for 65,000
+  floats, against 59 us on Numba's workqueue layer, whose threads sleep on a
+  condition variable) and the pairs at 424 ms; ``OPENBLAS_THREAD_TIMEOUT=4``
+  sends OpenBLAS's idle threads to sleep at once instead of after 2^28 cycles.
+  Variables the user set are left alone.
 * The layers run a loop's parallel twin only when :func:`parallel` says so:
   more than one thread, and enough work to pay for waking the other threads.
 """
@@ -36,7 +41,8 @@ ENV = "NUMCAFFE_THREADS"
 #: The pools' own variables: when the user set one, it is the budget (the smallest of them).
 POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 #: Set before numpy and Numba load, unless the user set them (see the module docstring).
-QUIET_POOLS = {"NUMBA_THREADING_LAYER": "workqueue", "OPENBLAS_THREAD_TIMEOUT": "4"}
+QUIET_POOLS = {"NUMBA_THREADING_LAYER_PRIORITY": "omp tbb workqueue", "GOMP_SPINCOUNT": "10000",
+               "OPENBLAS_THREAD_TIMEOUT": "4"}
 #: Elements (or multiply-adds) below which a loop stays serial: waking a second thread costs
 #: ~10-30 us, the time of a serial loop over ~50,000 floats.
 PARALLEL_MIN = 1 << 16
@@ -106,7 +112,13 @@ def set_threads(n):
     the count is clamped to it."""
     global _count
     n = parse(n, "the thread count")
+    # A program that imported numpy itself: Numba's OpenMP pool and its spin count still follow
+    # QUIET_POOLS if no parallel loop has run yet (OpenBLAS's timeout is fixed at numpy's import).
+    for v, value in QUIET_POOLS.items():
+        os.environ.setdefault(v, value)
     import numba
+    if numba.config.THREADING_LAYER_PRIORITY != os.environ["NUMBA_THREADING_LAYER_PRIORITY"].split():
+        numba.config.THREADING_LAYER_PRIORITY = os.environ["NUMBA_THREADING_LAYER_PRIORITY"].split()
     numba_n = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(numba_n)
     try:

@@ -40,12 +40,13 @@ def test_a_bad_count_is_one_clear_error_naming_where_it_came_from(bad):
 
 
 def test_prepare_environment_sizes_the_pools_only_when_asked_and_keeps_the_users_settings():
-    env = {"OPENBLAS_NUM_THREADS": "1", "NUMBA_THREADING_LAYER": "omp"}
+    env = {"OPENBLAS_NUM_THREADS": "1", "GOMP_SPINCOUNT": "5"}
     threads.prepare_environment(4, False, env)
-    assert env == {"OPENBLAS_NUM_THREADS": "1", "NUMBA_THREADING_LAYER": "omp", "OPENBLAS_THREAD_TIMEOUT": "4"}
+    assert env == {"OPENBLAS_NUM_THREADS": "1", "GOMP_SPINCOUNT": "5", "OPENBLAS_THREAD_TIMEOUT": "4",
+                   "NUMBA_THREADING_LAYER_PRIORITY": "omp tbb workqueue"}
     threads.prepare_environment(3, True, env)
     assert all(env[v] == "3" for v in threads.POOL_VARIABLES)
-    assert env["NUMBA_THREADING_LAYER"] == "omp"
+    assert env["GOMP_SPINCOUNT"] == "5"
 
 
 def test_argv_threads_finds_every_spelling():
