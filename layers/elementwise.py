@@ -76,30 +76,6 @@ def weighted_sum2_parallel(ca, a, cb, b, y, shares):
         weighted_sum2(ca, a[lo:hi], cb, b[lo:hi], y[lo:hi])
 
 
-@njit(cache=True)
-def copy_into(src, dst):
-    """dst = src (the serial copy is numpy's ``np.copyto``; this is the kernel its twin shares out)."""
-    for i in range(dst.size):
-        dst[i] = src[i]
-
-
-@njit(cache=True, parallel=True)
-def copy_into_parallel(src, dst, shares):
-    """copy_into on ``shares`` equal shares of dst."""
-    for t in prange(shares):
-        lo, hi = share(dst.size, t, shares)
-        copy_into(src[lo:hi], dst[lo:hi])
-
-
-def copy(dst, src):
-    """dst[...] = src for flat float arrays: numpy's copy, or on every thread when it is big."""
-    shares = parts(dst.size)
-    if shares > 1:
-        copy_into_parallel(src, dst, shares)
-    else:
-        np.copyto(dst, src)
-
-
 @njit(cache=True, parallel=True)
 def axpy_parallel(alpha, x, y, shares):
     """axpy on ``shares`` equal shares of y: bitwise the same."""
@@ -235,49 +211,46 @@ class EltwiseLayer(Layer):
 
 
 # -- Scale / Bias kernels ------------------------------------------------------------
-@njit(inline="always")
-def _scale_bias_plane(x, s, b, dim, inner, od, y):
-    base = od * inner
-    f = s[od % dim]
-    g = b[od % dim]
-    for i in range(inner):
-        y[base + i] = x[base + i] * f + g
-
-
 @njit(cache=True)
 def broadcast_scale_bias(x, s, b, outer, dim, inner, y):
     """y[o, d, i] = x[o, d, i] * s[d] + b[d]  (Scale with its bias, in one pass)."""
-    for od in range(outer * dim):
-        _scale_bias_plane(x, s, b, dim, inner, od, y)
+    for o in range(outer):
+        for d in range(dim):
+            base = (o * dim + d) * inner
+            f = s[d]
+            g = b[d]
+            for i in range(inner):
+                y[base + i] = x[base + i] * f + g
 
 
 @njit(cache=True, parallel=True)
-def broadcast_scale_bias_parallel(x, s, b, outer, dim, inner, y):
-    """broadcast_scale_bias with the (o, d) planes shared among the threads: bitwise the same."""
-    for od in prange(outer * dim):
-        _scale_bias_plane(x, s, b, dim, inner, od, y)
-
-
-@njit(inline="always")
-def _scale_plane(y, s, dim, inner, od):
-    base = od * inner
-    f = s[od % dim]
-    for i in range(inner):
-        y[base + i] = y[base + i] * f
+def broadcast_scale_bias_parallel(x, s, b, outer, dim, inner, y, shares):
+    """broadcast_scale_bias on ``shares`` shares of the outer axis, one per thread: bitwise the same.
+    (By (o, d) plane under prange it measured 1.7x slower than serial on ResNet's Scales.)"""
+    size = dim * inner
+    for t in prange(shares):
+        lo, hi = share(outer, t, shares)
+        broadcast_scale_bias(x[lo * size:hi * size], s, b, hi - lo, dim, inner, y[lo * size:hi * size])
 
 
 @njit(cache=True)
 def broadcast_scale(y, s, outer, dim, inner):
     """y[o, d, i] *= s[d], in place: one array, so the loop vectorises (layers/neuron.py)."""
-    for od in range(outer * dim):
-        _scale_plane(y, s, dim, inner, od)
+    for o in range(outer):
+        for d in range(dim):
+            base = (o * dim + d) * inner
+            f = s[d]
+            for i in range(inner):
+                y[base + i] = y[base + i] * f
 
 
 @njit(cache=True, parallel=True)
-def broadcast_scale_parallel(y, s, outer, dim, inner):
-    """broadcast_scale with the (o, d) planes shared among the threads: bitwise the same."""
-    for od in prange(outer * dim):
-        _scale_plane(y, s, dim, inner, od)
+def broadcast_scale_parallel(y, s, outer, dim, inner, shares):
+    """broadcast_scale on ``shares`` shares of the outer axis: bitwise the same."""
+    size = dim * inner
+    for t in prange(shares):
+        lo, hi = share(outer, t, shares)
+        broadcast_scale(y[lo * size:hi * size], s, hi - lo, dim, inner)
 
 
 @njit(cache=True)
@@ -451,19 +424,20 @@ class ScaleLayer(Layer):
         x = bottom[0].flat_data
         if top[0] is bottom[0]:
             # In place: keep x for the scale gradient.
-            copy(self._x_copy[: x.size], x)
+            self._x_copy[: x.size] = x
             x = self._x_copy[: x.size]
         y = top[0].flat_data
-        wide = parts(y.size) > 1
-        if self.bias_term:
-            scale_bias = broadcast_scale_bias_parallel if wide else broadcast_scale_bias
-            scale_bias(x, self._scale(bottom).flat_data, self.blobs[-1].flat_data, self.outer, self.dim,
-                       self.inner, y)
+        shares = min(parts(y.size), self.outer)
+        if self.bias_term and shares > 1:
+            broadcast_scale_bias_parallel(x, self._scale(bottom).flat_data, self.blobs[-1].flat_data, self.outer,
+                                          self.dim, self.inner, y, shares)
+        elif self.bias_term:
+            broadcast_scale_bias(x, self._scale(bottom).flat_data, self.blobs[-1].flat_data, self.outer,
+                                 self.dim, self.inner, y)
         else:
             if top[0] is not bottom[0]:
-                copy(y, x)
-            scale = broadcast_scale_parallel if wide else broadcast_scale
-            scale(y, self._scale(bottom).flat_data, self.outer, self.dim, self.inner)
+                np.copyto(y, x)
+            self._broadcast_scale(y, self._scale(bottom).flat_data, shares)
 
     def Backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].flat_diff
@@ -492,9 +466,14 @@ class ScaleLayer(Layer):
         if propagate_down[0]:
             dx = bottom[0].flat_diff
             if top[0] is not bottom[0]:
-                copy(dx, dy)
-            scale = broadcast_scale_parallel if wide else broadcast_scale
-            scale(dx, s.flat_data, self.outer, self.dim, self.inner)
+                np.copyto(dx, dy)
+            self._broadcast_scale(dx, s.flat_data, min(parts(dx.size), self.outer))
+
+    def _broadcast_scale(self, y, s, shares):
+        if shares > 1:
+            broadcast_scale_parallel(y, s, self.outer, self.dim, self.inner, shares)
+        else:
+            broadcast_scale(y, s, self.outer, self.dim, self.inner)
 
 
 @register("Bias")

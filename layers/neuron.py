@@ -41,7 +41,7 @@ import numpy as np
 from numba import njit, prange
 
 from numcaffe.layers.base import NeuronLayer, register
-from numcaffe.layers.elementwise import copy, scale_into
+from numcaffe.layers.elementwise import scale_into
 from numcaffe.layers.parallel import parts, share
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
@@ -265,7 +265,7 @@ class ReLULayer(ElementwiseLayer):
 
     def forward(self, x, y):
         if not same_array(x, y):
-            copy(y, x)
+            np.copyto(y, x)
         k = parts(y.size)
         if k > 1:
             relu_forward_parallel(y, self._positive.get(y.size), self.negative_slope, k)
@@ -274,7 +274,7 @@ class ReLULayer(ElementwiseLayer):
 
     def backward(self, x, dy, dx):
         if not same_array(dy, dx):
-            copy(dx, dy)
+            np.copyto(dx, dy)
         k = parts(dx.size)
         if k > 1:
             relu_backward_parallel(self._positive.get(dx.size), dx, self.negative_slope, k)
@@ -390,12 +390,12 @@ class ClipLayer(ElementwiseLayer):
 
     def forward(self, x, y):
         if not same_array(x, y):
-            copy(y, x)
+            np.copyto(y, x)
         clip_forward_inside(y, self._inside.get(y.size), self.lo, self.hi)
 
     def backward(self, x, dy, dx):
         if not same_array(dy, dx):
-            copy(dx, dy)
+            np.copyto(dx, dy)
         clip_backward_inside(self._inside.get(dx.size), dx)
 
 
