@@ -48,6 +48,7 @@ QUIET_POOLS = {"NUMBA_THREADING_LAYER_PRIORITY": "omp tbb workqueue", "GOMP_SPIN
 PARALLEL_MIN = 1 << 16
 
 _count = None
+_requested = None
 
 
 def parse(text, where):
@@ -131,10 +132,17 @@ def set_threads(n):
     return numba_n
 
 
+def request(n):
+    """Use ``n`` threads from the first loop that asks on (:func:`set_threads` then): a command that
+    never runs a kernel does not load Numba for it."""
+    global _count, _requested
+    _requested, _count = parse(n, "the thread count"), None
+
+
 def count():
-    """The thread budget in force (resolved from the environment on first use)."""
+    """The thread budget in force (on first use: the one requested, else resolved from the environment)."""
     if _count is None:
-        set_threads(resolve())
+        set_threads(_requested if _requested is not None else resolve())
     return _count
 
 

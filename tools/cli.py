@@ -112,7 +112,7 @@ def _main(argv):
         return 0
     args.argv = argv
     try:
-        threads.set_threads(threads.resolve(args.threads))
+        threads.request(threads.resolve(args.threads))
     except NumcaffeError as e:
         print(f"numcaffe: error: {e}", file=sys.stderr)
         return 1
