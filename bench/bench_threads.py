@@ -19,6 +19,10 @@ the table shows the minimum over the repeats (each repeat's figures and the load
 it are printed first: the machine is shared, and the load moves the figures).  ``--layers`` adds
 numcaffe's forward and backward per layer at both counts, flagging a layer slower with more
 threads.  The speedup is time at the first count / time at the second.
+
+On a shared machine a 2-thread run loses its second core to other processes at any moment
+(numcaffe's many short GEMMs and loops more than PyTorch's long parallel regions); docs/threads.md
+says how its figures were taken (the bench in its own session, that session's group at nice -15).
 """
 import argparse
 import json
