@@ -27,10 +27,12 @@ stride-1 depthwise kernels are).
   reuses forward's columns for the weight gradient (in a chain of convolutions,
   the last one).  (Smaller, cache-sized chunks were measured on LeNet: no gain
   that stood out of the noise.)
-* The kernels are serial: on two cores, numba's threads and OpenBLAS's threads
-  took the cores from each other (measured 2x slower); the GEMMs use OpenBLAS's.
-  Running half the images of the per-image path on a helper thread made conv1
-  alone 1.5x faster but LeNet training no faster (10.1 against 10.2-10.4 ms).
+* The column copies, layout transposes and bias sums have parallel twins
+  (layers/im2col.py), taken when the thread budget is above one and the copy is
+  big (layers/parallel.py, docs/threads.md); the GEMMs use OpenBLAS's threads, the
+  same count.  Numba's and OpenBLAS's pools take turns on the cores: their idle
+  threads sleep instead of spinning (net/threads.py), which is what made a first
+  ``parallel=True`` attempt 2x slower.
 """
 import numpy as np
 
@@ -40,6 +42,7 @@ from numcaffe.layers.depthwise import (depthwise_backward, depthwise_backward_s1
 from numcaffe.layers.geometry import conv_output_shape, conv_window
 from numcaffe.layers.im2col import (NO_BIAS, Im2colGeometry, add_bias, bias_grad, col2im_nhwc, from_cols,
                                     from_rows, im2col_nhwc, to_cols, to_rows)
+from numcaffe.layers.parallel import pick
 from numcaffe.layers.workspace import Scratch
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
@@ -236,7 +239,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
             if want_w or propagate_down[i]:
                 backward(b.flat_data, t.flat_diff, b.flat_diff, want_w, want_b, db, propagate_down[i])
             elif want_b:
-                bias_grad(t.flat_diff, self.num, self.num_output, self.positions, db)
+                pick(bias_grad, t.count)(t.flat_diff, self.num, self.num_output, self.positions, db)
             self._cached = False
 
     # -- DEPTHWISE: direct kernels; stride 1 has its own -------------------------------
@@ -253,7 +256,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
 
     def _backward_depthwise(self, x, dy, dx, want_w, want_b, db, want_dx):
         if want_b:
-            bias_grad(dy, self.num, self.num_output, self.positions, db)
+            pick(bias_grad, dy.size)(dy, self.num, self.num_output, self.positions, db)
         kernel = depthwise_backward_s1 if self.stride == [1, 1] else depthwise_backward
         kernel(x, dy, self.num, self.channels, *self._depthwise_args(), self.blobs[0].flat_diff, want_w,
                dx, want_dx)
@@ -284,14 +287,14 @@ class ConvolutionLayer(BaseConvolutionLayer):
             else:
                 np.matmul(Wg, col.reshape(n, G, K // G, P), out=ys.reshape(n, G, M // G, P))
             if self.bias_term:
-                add_bias(ys, n, M, P, bias)
+                pick(add_bias, ys.size)(ys, n, M, P, bias)
 
     def _backward_per_image(self, x, dy, dx, want_w, want_b, db, want_dx):
         geo = self.geo
         G, M, K, P = self.group, self.num_output, geo.rows, geo.P
         Mg, Kg = M // G, K // G
         if want_b:
-            bias_grad(dy, self.num, M, P, db)
+            pick(bias_grad, dy.size)(dy, self.num, M, P, db)
         WgT = self.blobs[0].flat_data.reshape(G, Mg, Kg).transpose(0, 2, 1)
         dW = self.blobs[0].flat_diff
         col_buf = self.buffers.get("col", K * self.chunk * P)
@@ -336,7 +339,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
             col = self._columns(x, n0, n, col_buf[:K * n * P])
             out = self.buffers.get("rows", M * n * P)
             _gemm(Wg, col.reshape(G, K // G, n * P), out.reshape(G, M // G, n * P))
-            from_rows(out, n, M, P, bias, self.bias_term, y[n0 * M * P:(n0 + n) * M * P])
+            pick(from_rows, out.size)(out, n, M, P, bias, self.bias_term, y[n0 * M * P:(n0 + n) * M * P])
 
     def _backward_rows(self, x, dy, dx, want_w, want_b, db, want_dx):
         geo = self.geo
@@ -350,7 +353,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         for n0, n in self._chunks():
             col = col_buf[:K * n * P]
             rows = self.buffers.get("rows", M * n * P)
-            to_rows(dy[n0 * M * P:(n0 + n) * M * P], n, M, P, rows, db, want_b)  # db += sum dy on the way
+            pick(to_rows, rows.size)(dy[n0 * M * P:(n0 + n) * M * P], n, M, P, rows, db, want_b)  # db += sum dy
             rows_g = rows.reshape(G, Mg, n * P)
             if want_w:
                 if not self._cached:
@@ -374,9 +377,10 @@ class ConvolutionLayer(BaseConvolutionLayer):
         """The (n * P, K) columns of images n0 .. n0+n, rows (oh, ow), columns (i, j, c)."""
         geo = self.geo
         xh = self.buffers.get("nhwc", n * geo.image_size)
-        to_cols(x[n0 * geo.image_size:(n0 + n) * geo.image_size], n, geo.C, geo.isize, xh, NO_BIAS, False)
+        pick(to_cols, xh.size)(x[n0 * geo.image_size:(n0 + n) * geo.image_size], n, geo.C, geo.isize, xh, NO_BIAS,
+                               False)
         col = self.buffers.get("col", geo.rows * self.chunk * geo.P)[:geo.rows * n * geo.P]
-        im2col_nhwc(xh, n, geo.C, *geo.args_2d, col)
+        pick(im2col_nhwc, col.size)(xh, n, geo.C, *geo.args_2d, col)
         return col.reshape(n * geo.P, geo.rows)
 
     def _nhwc_weights(self):
@@ -392,7 +396,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         for n0, n in self._chunks():
             out = self.buffers.get("rows", n * P * M).reshape(n * P, M)
             np.matmul(self._nhwc_columns(x, n0, n), Wp.T, out=out)
-            from_cols(out.reshape(-1), n, M, P, bias, self.bias_term, y[n0 * M * P:(n0 + n) * M * P])
+            pick(from_cols, out.size)(out.reshape(-1), n, M, P, bias, self.bias_term, y[n0 * M * P:(n0 + n) * M * P])
 
     def _backward_nhwc(self, x, dy, dx, want_w, want_b, db, want_dx):
         geo = self.geo
@@ -402,7 +406,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         dWp = self.buffers.get("dW", M * K).reshape(M, K)
         for n0, n in self._chunks():
             dyT = self.buffers.get("rows", n * P * M)
-            to_cols(dy[n0 * M * P:(n0 + n) * M * P], n, M, P, dyT, db, want_b)  # db += sum dy on the way
+            pick(to_cols, dyT.size)(dy[n0 * M * P:(n0 + n) * M * P], n, M, P, dyT, db, want_b)  # db += sum dy
             dyT = dyT.reshape(n * P, M)
             col = self.buffers.get("col", K * self.chunk * P)[:K * n * P].reshape(n * P, K)
             if want_w:
@@ -414,8 +418,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 np.matmul(dyT, Wp, out=col)
                 self._cached = False
                 xh = self.buffers.get("nhwc", n * geo.image_size)
-                col2im_nhwc(col.reshape(-1), n, C, *geo.args_2d, xh)
-                from_cols(xh, n, C, geo.isize, NO_BIAS, False, dx[n0 * geo.image_size:(n0 + n) * geo.image_size])
+                pick(col2im_nhwc, col.size)(col.reshape(-1), n, C, *geo.args_2d, xh)
+                pick(from_cols, xh.size)(xh, n, C, geo.isize, NO_BIAS, False,
+                                         dx[n0 * geo.image_size:(n0 + n) * geo.image_size])
 
 
 @register("Deconvolution")

@@ -14,9 +14,10 @@
   the gradient goes to the winner.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from numcaffe.layers.base import Layer, register
+from numcaffe.layers.parallel import parts, share
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.filler import fill
@@ -65,6 +66,30 @@ def weighted_sum2(ca, a, cb, b, y):
     for i in range(y.size):
         first = np.float32(ca * a[i])
         y[i] = first + cb * b[i]
+
+
+@njit(cache=True, parallel=True)
+def weighted_sum2_parallel(ca, a, cb, b, y, shares):
+    """weighted_sum2 on ``shares`` equal shares of y, one per thread (layers/parallel.py): bitwise the same."""
+    for t in prange(shares):
+        lo, hi = share(y.size, t, shares)
+        weighted_sum2(ca, a[lo:hi], cb, b[lo:hi], y[lo:hi])
+
+
+@njit(cache=True, parallel=True)
+def axpy_parallel(alpha, x, y, shares):
+    """axpy on ``shares`` equal shares of y: bitwise the same."""
+    for t in prange(shares):
+        lo, hi = share(y.size, t, shares)
+        axpy(alpha, x[lo:hi], y[lo:hi])
+
+
+@njit(cache=True, parallel=True)
+def scale_into_parallel(alpha, x, y, shares):
+    """scale_into on ``shares`` equal shares of y: bitwise the same."""
+    for t in prange(shares):
+        lo, hi = share(y.size, t, shares)
+        scale_into(alpha, x[lo:hi], y[lo:hi])
 
 
 @njit(cache=True)
@@ -145,7 +170,12 @@ class EltwiseLayer(Layer):
             for b in bottom[2:]:
                 mul_into(y, b.flat_data, y)
         elif self.op == SUM and len(bottom) == 2:
-            weighted_sum2(self.coeffs[0], bottom[0].flat_data, self.coeffs[1], bottom[1].flat_data, y)
+            k = parts(y.size)
+            if k > 1:
+                weighted_sum2_parallel(self.coeffs[0], bottom[0].flat_data, self.coeffs[1], bottom[1].flat_data,
+                                       y, k)
+            else:
+                weighted_sum2(self.coeffs[0], bottom[0].flat_data, self.coeffs[1], bottom[1].flat_data, y)
         elif self.op == SUM:
             y[...] = 0.0
             for c, b in zip(self.coeffs, bottom):
@@ -171,7 +201,11 @@ class EltwiseLayer(Layer):
                 else:
                     div_mul(top[0].flat_data, b.flat_data, dy, dx)
             elif self.op == SUM:
-                scale_into(self.coeffs[k], dy, dx)
+                shares = parts(dx.size)
+                if shares > 1:
+                    scale_into_parallel(self.coeffs[k], dy, dx, shares)
+                else:
+                    scale_into(self.coeffs[k], dy, dx)
             else:
                 max_backward(dy, self.mask[: dy.size], k, dx)
 
@@ -189,6 +223,16 @@ def broadcast_scale_bias(x, s, b, outer, dim, inner, y):
                 y[base + i] = x[base + i] * f + g
 
 
+@njit(cache=True, parallel=True)
+def broadcast_scale_bias_parallel(x, s, b, outer, dim, inner, y, shares):
+    """broadcast_scale_bias on ``shares`` shares of the outer axis, one per thread: bitwise the same.
+    (By (o, d) plane under prange it measured 1.7x slower than serial on ResNet's Scales.)"""
+    size = dim * inner
+    for t in prange(shares):
+        lo, hi = share(outer, t, shares)
+        broadcast_scale_bias(x[lo * size:hi * size], s, b, hi - lo, dim, inner, y[lo * size:hi * size])
+
+
 @njit(cache=True)
 def broadcast_scale(y, s, outer, dim, inner):
     """y[o, d, i] *= s[d], in place: one array, so the loop vectorises (layers/neuron.py)."""
@@ -198,6 +242,15 @@ def broadcast_scale(y, s, outer, dim, inner):
             f = s[d]
             for i in range(inner):
                 y[base + i] = y[base + i] * f
+
+
+@njit(cache=True, parallel=True)
+def broadcast_scale_parallel(y, s, outer, dim, inner, shares):
+    """broadcast_scale on ``shares`` shares of the outer axis: bitwise the same."""
+    size = dim * inner
+    for t in prange(shares):
+        lo, hi = share(outer, t, shares)
+        broadcast_scale(y[lo * size:hi * size], s, hi - lo, dim, inner)
 
 
 @njit(cache=True)
@@ -245,6 +298,25 @@ def reduce_sum(dy, outer, dim, inner, db, accumulate):
 LANES = 8
 
 
+@njit(inline="always")
+def _product_and_sum(dy, x, outer, dim, inner, d, ps, pb, ds, db):
+    body = inner - inner % LANES
+    ps[:] = 0.0
+    pb[:] = 0.0
+    for o in range(outer):
+        base = (o * dim + d) * inner
+        for i in range(base, base + body, LANES):
+            for k in range(LANES):
+                g = dy[i + k]
+                ps[k] += g * x[i + k]
+                pb[k] += g
+        for i in range(base + body, base + inner):
+            ps[0] += dy[i] * x[i]
+            pb[0] += dy[i]
+    ds[d] = ps.sum()
+    db[d] = pb.sum()
+
+
 @njit(cache=True)
 def reduce_product_and_sum(dy, x, outer, dim, inner, ds, db):
     """ds[d] = sum_{o,i} dy * x and db[d] = sum_{o,i} dy, in one pass over dy and x.
@@ -255,22 +327,18 @@ def reduce_product_and_sum(dy, x, outer, dim, inner, ds, db):
     """
     ps = np.zeros(LANES)
     pb = np.zeros(LANES)
-    body = inner - inner % LANES
     for d in range(dim):
-        ps[:] = 0.0
-        pb[:] = 0.0
-        for o in range(outer):
-            base = (o * dim + d) * inner
-            for i in range(base, base + body, LANES):
-                for k in range(LANES):
-                    g = dy[i + k]
-                    ps[k] += g * x[i + k]
-                    pb[k] += g
-            for i in range(base + body, base + inner):
-                ps[0] += dy[i] * x[i]
-                pb[0] += dy[i]
-        ds[d] = ps.sum()
-        db[d] = pb.sum()
+        _product_and_sum(dy, x, outer, dim, inner, d, ps, pb, ds, db)
+
+
+@njit(cache=True, parallel=True)
+def reduce_product_and_sum_parallel(dy, x, outer, dim, inner, ds, db):
+    """reduce_product_and_sum with the channels shared among the threads, each its own partial
+    sums: bitwise the same."""
+    for d in prange(dim):
+        ps = np.zeros(LANES)
+        pb = np.zeros(LANES)
+        _product_and_sum(dy, x, outer, dim, inner, d, ps, pb, ds, db)
 
 
 def _broadcast_shape(layer, x_shape, axis, num_axes, what):
@@ -359,13 +427,17 @@ class ScaleLayer(Layer):
             self._x_copy[: x.size] = x
             x = self._x_copy[: x.size]
         y = top[0].flat_data
-        if self.bias_term:
+        shares = min(parts(y.size), self.outer)
+        if self.bias_term and shares > 1:
+            broadcast_scale_bias_parallel(x, self._scale(bottom).flat_data, self.blobs[-1].flat_data, self.outer,
+                                          self.dim, self.inner, y, shares)
+        elif self.bias_term:
             broadcast_scale_bias(x, self._scale(bottom).flat_data, self.blobs[-1].flat_data, self.outer,
                                  self.dim, self.inner, y)
         else:
             if top[0] is not bottom[0]:
                 np.copyto(y, x)
-            broadcast_scale(y, self._scale(bottom).flat_data, self.outer, self.dim, self.inner)
+            self._broadcast_scale(y, self._scale(bottom).flat_data, shares)
 
     def Backward_cpu(self, top, propagate_down, bottom):
         dy = top[0].flat_diff
@@ -374,11 +446,13 @@ class ScaleLayer(Layer):
         want_b = self.bias_term and self.param_propagate_down[-1]
         want_s = (learned and self.param_propagate_down[0]) or (not learned and propagate_down[1])
         x = self._x_copy[: bottom[0].count] if top[0] is bottom[0] else bottom[0].flat_data
+        wide = parts(dy.size) > 1
         if want_b and want_s and self.inner >= LANES:     # both sums in one vectorised pass
             if self._sums.size != 2 * self.dim:
                 self._sums = np.zeros(2 * self.dim)
             sums = self._sums
-            reduce_product_and_sum(dy, x, self.outer, self.dim, self.inner, sums[:self.dim], sums[self.dim:])
+            reduce = reduce_product_and_sum_parallel if wide else reduce_product_and_sum
+            reduce(dy, x, self.outer, self.dim, self.inner, sums[:self.dim], sums[self.dim:])
             self.blobs[-1].flat_diff[...] += sums[self.dim:]
             if learned:
                 s.flat_diff[...] += sums[:self.dim]
@@ -393,7 +467,13 @@ class ScaleLayer(Layer):
             dx = bottom[0].flat_diff
             if top[0] is not bottom[0]:
                 np.copyto(dx, dy)
-            broadcast_scale(dx, s.flat_data, self.outer, self.dim, self.inner)
+            self._broadcast_scale(dx, s.flat_data, min(parts(dx.size), self.outer))
+
+    def _broadcast_scale(self, y, s, shares):
+        if shares > 1:
+            broadcast_scale_parallel(y, s, self.outer, self.dim, self.inner, shares)
+        else:
+            broadcast_scale(y, s, self.outer, self.dim, self.inner)
 
 
 @register("Bias")

@@ -27,10 +27,11 @@ im2col writes the columns of a batch; col2im adds columns back into images
 Parameters and output sizes are Caffe's (layers/geometry.py).
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from numcaffe.layers.base import Layer, register
 from numcaffe.layers.geometry import conv_output_shape, conv_window, output_range
+from numcaffe.layers.parallel import pick, twin_of
 
 #: The bias argument of the layout kernels when there is none.
 NO_BIAS = np.zeros(1, dtype=np.float32)
@@ -147,32 +148,63 @@ def col2im(col, rs, ns, N, C, isize, KK, P, table, img):
                         img[_u(dst + i)] += col[src + o]
 
 
+@njit(inline="always")
+def _im2col_plane(img, n, c, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, rs, ns):
+    """The column rows of image n, channel c: one run of input pixels per (tap, output row)."""
+    src0 = (n * C + c) * H * W
+    for i in range(kh):
+        hoff = i * dh - ph
+        hlo, hhi = output_range(Ho, sh, hoff, H)
+        for j in range(kw):
+            woff = j * dw - pw
+            wlo, whi = output_range(Wo, sw, woff, W)
+            dst0 = ((c * kh + i) * kw + j) * rs + n * ns
+            _zero(col, dst0, hlo * Wo)
+            _zero(col, dst0 + hhi * Wo, (Ho - hhi) * Wo)
+            s0 = src0 + hoff * W + woff + wlo * sw
+            if wlo == 0 and whi == Wo:
+                for oh in range(hlo, hhi):
+                    _copy(col, dst0 + oh * Wo, img, s0 + oh * sh * W, Wo, sw)
+            else:
+                for oh in range(hlo, hhi):
+                    d = dst0 + oh * Wo
+                    _zero(col, d, wlo)
+                    _copy(col, d + wlo, img, s0 + oh * sh * W, whi - wlo, sw)
+                    _zero(col, d + whi, Wo - whi)
+
+
 @njit(cache=True, nogil=True)
 def im2col_2d(img, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, rs, ns):
     """im2col for two spatial axes: each (channel, tap, output row) is one run of input pixels
     (contiguous for stride 1), the padding clipped off each run's ends with output_range."""
     for n in range(N):
         for c in range(C):
-            src0 = (n * C + c) * H * W
-            for i in range(kh):
-                hoff = i * dh - ph
-                hlo, hhi = output_range(Ho, sh, hoff, H)
-                for j in range(kw):
-                    woff = j * dw - pw
-                    wlo, whi = output_range(Wo, sw, woff, W)
-                    dst0 = ((c * kh + i) * kw + j) * rs + n * ns
-                    _zero(col, dst0, hlo * Wo)
-                    _zero(col, dst0 + hhi * Wo, (Ho - hhi) * Wo)
-                    s0 = src0 + hoff * W + woff + wlo * sw
-                    if wlo == 0 and whi == Wo:
-                        for oh in range(hlo, hhi):
-                            _copy(col, dst0 + oh * Wo, img, s0 + oh * sh * W, Wo, sw)
-                    else:
-                        for oh in range(hlo, hhi):
-                            d = dst0 + oh * Wo
-                            _zero(col, d, wlo)
-                            _copy(col, d + wlo, img, s0 + oh * sh * W, whi - wlo, sw)
-                            _zero(col, d + whi, Wo - whi)
+            _im2col_plane(img, n, c, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, rs, ns)
+
+
+@twin_of(im2col_2d)
+@njit(cache=True, nogil=True, parallel=True)
+def im2col_2d_parallel(img, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, rs, ns):
+    """im2col_2d with the (image, channel) planes shared among the threads: bitwise the same."""
+    for nc in prange(N * C):
+        _im2col_plane(img, nc // C, nc % C, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col, rs, ns)
+
+
+@njit(inline="always")
+def _col2im_plane(col, rs, ns, n, c, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img):
+    """Image n, channel c (overwritten) = the sum of the column runs im2col copied from it."""
+    dst0 = (n * C + c) * H * W
+    _zero(img, dst0, H * W)
+    for i in range(kh):
+        hoff = i * dh - ph
+        hlo, hhi = output_range(Ho, sh, hoff, H)
+        for j in range(kw):
+            woff = j * dw - pw
+            wlo, whi = output_range(Wo, sw, woff, W)
+            src0 = ((c * kh + i) * kw + j) * rs + n * ns + wlo
+            d0 = dst0 + hoff * W + woff + wlo * sw
+            for oh in range(hlo, hhi):
+                _add_to(img, d0 + oh * sh * W, sw, col, src0 + oh * Wo, whi - wlo)
 
 
 @njit(cache=True, nogil=True)
@@ -180,68 +212,131 @@ def col2im_2d(col, rs, ns, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, i
     """col2im for two spatial axes: the runs im2col_2d copied, added back."""
     for n in range(N):
         for c in range(C):
-            dst0 = (n * C + c) * H * W
-            _zero(img, dst0, H * W)
-            for i in range(kh):
-                hoff = i * dh - ph
-                hlo, hhi = output_range(Ho, sh, hoff, H)
-                for j in range(kw):
-                    woff = j * dw - pw
-                    wlo, whi = output_range(Wo, sw, woff, W)
-                    src0 = ((c * kh + i) * kw + j) * rs + n * ns + wlo
-                    d0 = dst0 + hoff * W + woff + wlo * sw
-                    for oh in range(hlo, hhi):
-                        _add_to(img, d0 + oh * sh * W, sw, col, src0 + oh * Wo, whi - wlo)
+            _col2im_plane(col, rs, ns, n, c, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img)
+
+
+@twin_of(col2im_2d)
+@njit(cache=True, nogil=True, parallel=True)
+def col2im_2d_parallel(col, rs, ns, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img):
+    """col2im_2d with the (image, channel) planes shared among the threads (each writes only its
+    own plane, in the same order): bitwise the same."""
+    for nc in prange(N * C):
+        _col2im_plane(col, rs, ns, nc // C, nc % C, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img)
+
+
+@njit(inline="always")
+def _to_row(src, N, R, Q, r, dst, bias_diff, with_bias):
+    s = np.float32(0.0)
+    for n in range(N):
+        a = _u(n * R + r) * _u(Q)
+        b = _u(r * N + n) * _u(Q)
+        for q in range(_u(Q)):
+            v = src[a + q]
+            dst[b + q] = v
+            s += v
+    if with_bias:
+        bias_diff[r] += s
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
 def to_rows(src, N, R, Q, dst, bias_diff, with_bias):
     """dst[r, n*Q + q] = src[n, r, q];  bias_diff[r] += sum over n, q (if with_bias)."""
     for r in range(R):
-        s = np.float32(0.0)
-        for n in range(N):
-            a = _u(n * R + r) * _u(Q)
-            b = _u(r * N + n) * _u(Q)
-            for q in range(_u(Q)):
-                v = src[a + q]
-                dst[b + q] = v
-                s += v
-        if with_bias:
-            bias_diff[r] += s
+        _to_row(src, N, R, Q, r, dst, bias_diff, with_bias)
+
+
+@twin_of(to_rows)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"}, parallel=True)
+def to_rows_parallel(src, N, R, Q, dst, bias_diff, with_bias):
+    """to_rows with the rows r shared among the threads: bitwise the same."""
+    for r in prange(R):
+        _to_row(src, N, R, Q, r, dst, bias_diff, with_bias)
+
+
+@njit(inline="always")
+def _from_row(src, N, R, Q, nr, bias, with_bias, dst):
+    n, r = nr // R, nr % R
+    a = _u(r * N + n) * _u(Q)
+    b = _u(nr) * _u(Q)
+    off = bias[r] if with_bias else np.float32(0.0)
+    for q in range(_u(Q)):
+        dst[b + q] = src[a + q] + off
 
 
 @njit(cache=True, nogil=True)
 def from_rows(src, N, R, Q, bias, with_bias, dst):
     """dst[n, r, q] = src[r, n*Q + q] (+ bias[r] if with_bias)."""
-    for n in range(N):
-        for r in range(R):
-            a = _u(r * N + n) * _u(Q)
-            b = _u(n * R + r) * _u(Q)
-            off = bias[r] if with_bias else np.float32(0.0)
-            for q in range(_u(Q)):
-                dst[b + q] = src[a + q] + off
+    for nr in range(N * R):
+        _from_row(src, N, R, Q, nr, bias, with_bias, dst)
+
+
+@twin_of(from_rows)
+@njit(cache=True, nogil=True, parallel=True)
+def from_rows_parallel(src, N, R, Q, bias, with_bias, dst):
+    """from_rows with the (n, r) rows shared among the threads: bitwise the same."""
+    for nr in prange(N * R):
+        _from_row(src, N, R, Q, nr, bias, with_bias, dst)
+
+
+@njit(inline="always")
+def _add_bias_row(y, R, Q, nr, bias):
+    b = bias[nr % R]
+    a = _u(nr) * _u(Q)
+    for q in range(_u(Q)):
+        y[a + q] += b
 
 
 @njit(cache=True, nogil=True)
 def add_bias(y, N, R, Q, bias):
     """y[n, r, q] += bias[r]."""
+    for nr in range(N * R):
+        _add_bias_row(y, R, Q, nr, bias)
+
+
+@twin_of(add_bias)
+@njit(cache=True, nogil=True, parallel=True)
+def add_bias_parallel(y, N, R, Q, bias):
+    """add_bias with the (n, r) rows shared among the threads: bitwise the same."""
+    for nr in prange(N * R):
+        _add_bias_row(y, R, Q, nr, bias)
+
+
+@njit(inline="always")
+def _bias_grad_row(dy, N, R, Q, r, bias_diff):
+    s = np.float32(0.0)
     for n in range(N):
-        for r in range(R):
-            b = bias[r]
-            a = _u(n * R + r) * _u(Q)
-            for q in range(_u(Q)):
-                y[a + q] += b
+        a = _u(n * R + r) * _u(Q)
+        for q in range(_u(Q)):
+            s += dy[a + q]
+    bias_diff[r] += s
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
 def bias_grad(dy, N, R, Q, bias_diff):
     """bias_diff[r] += sum over n, q of dy[n, r, q]."""
     for r in range(R):
-        s = np.float32(0.0)
-        for n in range(N):
-            a = _u(n * R + r) * _u(Q)
-            for q in range(_u(Q)):
-                s += dy[a + q]
+        _bias_grad_row(dy, N, R, Q, r, bias_diff)
+
+
+@twin_of(bias_grad)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"}, parallel=True)
+def bias_grad_parallel(dy, N, R, Q, bias_diff):
+    """bias_grad with the rows r shared among the threads: bitwise the same."""
+    for r in prange(R):
+        _bias_grad_row(dy, N, R, Q, r, bias_diff)
+
+
+@njit(inline="always")
+def _to_col_row(src, R, Q, n, r, dst, bias_diff, with_bias):
+    base = _u(n * R * Q)
+    a = base + _u(r * Q)
+    b = base + _u(r)
+    s = np.float32(0.0)
+    for q in range(_u(Q)):
+        v = src[a + q]
+        dst[b + q * _u(R)] = v
+        s += v
+    if with_bias:
         bias_diff[r] += s
 
 
@@ -249,30 +344,66 @@ def bias_grad(dy, N, R, Q, bias_diff):
 def to_cols(src, N, R, Q, dst, bias_diff, with_bias):
     """dst[n, q, r] = src[n, r, q] (NCHW -> NHWC);  bias_diff[r] += sum over n, q (if with_bias)."""
     for n in range(N):
-        base = _u(n * R * Q)
         for r in range(R):
-            a = base + _u(r * Q)
-            b = base + _u(r)
-            s = np.float32(0.0)
-            for q in range(_u(Q)):
-                v = src[a + q]
-                dst[b + q * _u(R)] = v
-                s += v
-            if with_bias:
-                bias_diff[r] += s
+            _to_col_row(src, R, Q, n, r, dst, bias_diff, with_bias)
+
+
+@twin_of(to_cols)
+@njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"}, parallel=True)
+def to_cols_parallel(src, N, R, Q, dst, bias_diff, with_bias):
+    """to_cols with the channels r shared among the threads (each adds its images in order):
+    bitwise the same."""
+    for r in prange(R):
+        for n in range(N):
+            _to_col_row(src, R, Q, n, r, dst, bias_diff, with_bias)
+
+
+@njit(inline="always")
+def _from_col_row(src, R, Q, nr, bias, with_bias, dst):
+    n, r = nr // R, nr % R
+    a = _u(n * R * Q) + _u(r)
+    b = _u(nr) * _u(Q)
+    off = bias[r] if with_bias else np.float32(0.0)
+    for q in range(_u(Q)):
+        dst[b + q] = src[a + q * _u(R)] + off
 
 
 @njit(cache=True, nogil=True)
 def from_cols(src, N, R, Q, bias, with_bias, dst):
     """dst[n, r, q] = src[n, q, r] (NHWC -> NCHW) (+ bias[r] if with_bias)."""
-    for n in range(N):
-        base = _u(n * R * Q)
-        for r in range(R):
-            a = base + _u(r)
-            b = base + _u(r * Q)
-            off = bias[r] if with_bias else np.float32(0.0)
-            for q in range(_u(Q)):
-                dst[b + q] = src[a + q * _u(R)] + off
+    for nr in range(N * R):
+        _from_col_row(src, R, Q, nr, bias, with_bias, dst)
+
+
+@twin_of(from_cols)
+@njit(cache=True, nogil=True, parallel=True)
+def from_cols_parallel(src, N, R, Q, bias, with_bias, dst):
+    """from_cols with the (n, r) rows shared among the threads: bitwise the same."""
+    for nr in prange(N * R):
+        _from_col_row(src, R, Q, nr, bias, with_bias, dst)
+
+
+@njit(inline="always")
+def _im2col_nhwc_row(img, n, oh, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col):
+    K = kh * kw * C
+    for ow in range(Wo):
+        d0 = ((n * Ho + oh) * Wo + ow) * K
+        w0 = ow * sw - pw
+        jlo, jhi = output_range(kw, dw, w0, W)
+        for i in range(kh):
+            h = oh * sh - ph + i * dh
+            d = d0 + i * kw * C
+            if h < 0 or h >= H:
+                _zero(col, d, kw * C)
+                continue
+            s = ((n * H + h) * W + w0) * C
+            _zero(col, d, jlo * C)
+            if dw == 1:
+                _copy(col, d + jlo * C, img, s + jlo * C, (jhi - jlo) * C, 1)
+            else:
+                for j in range(jlo, jhi):
+                    _copy(col, d + j * C, img, s + j * dw * C, C, 1)
+            _zero(col, d + jhi * C, (kw - jhi) * C)
 
 
 @njit(cache=True, nogil=True)
@@ -280,51 +411,56 @@ def im2col_nhwc(img, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col):
     """col[n, oh, ow, i, j, c] = img[n, oh*sh - ph + i*dh, ow*sw - pw + j*dw, c] of an NHWC image
     (0 outside): one column row per output position, taps outer and channels inner, so for
     dilation 1 each kernel row is one run of kw * C pixels."""
-    K = kh * kw * C
     for n in range(N):
         for oh in range(Ho):
-            for ow in range(Wo):
-                d0 = ((n * Ho + oh) * Wo + ow) * K
-                w0 = ow * sw - pw
-                jlo, jhi = output_range(kw, dw, w0, W)
-                for i in range(kh):
-                    h = oh * sh - ph + i * dh
-                    d = d0 + i * kw * C
-                    if h < 0 or h >= H:
-                        _zero(col, d, kw * C)
-                        continue
-                    s = ((n * H + h) * W + w0) * C
-                    _zero(col, d, jlo * C)
-                    if dw == 1:
-                        _copy(col, d + jlo * C, img, s + jlo * C, (jhi - jlo) * C, 1)
-                    else:
-                        for j in range(jlo, jhi):
-                            _copy(col, d + j * C, img, s + j * dw * C, C, 1)
-                    _zero(col, d + jhi * C, (kw - jhi) * C)
+            _im2col_nhwc_row(img, n, oh, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col)
+
+
+@twin_of(im2col_nhwc)
+@njit(cache=True, nogil=True, parallel=True)
+def im2col_nhwc_parallel(img, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col):
+    """im2col_nhwc with the (image, output row) pairs shared among the threads: bitwise the same."""
+    for noh in prange(N * Ho):
+        _im2col_nhwc_row(img, noh // Ho, noh % Ho, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, col)
+
+
+@njit(inline="always")
+def _col2im_nhwc_image(col, n, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img):
+    K = kh * kw * C
+    for oh in range(Ho):
+        for ow in range(Wo):
+            s0 = ((n * Ho + oh) * Wo + ow) * K
+            w0 = ow * sw - pw
+            jlo, jhi = output_range(kw, dw, w0, W)
+            for i in range(kh):
+                h = oh * sh - ph + i * dh
+                if h < 0 or h >= H:
+                    continue
+                d = ((n * H + h) * W + w0) * C
+                s = s0 + i * kw * C
+                if dw == 1:
+                    _add_to(img, d + jlo * C, 1, col, s + jlo * C, (jhi - jlo) * C)
+                else:
+                    for j in range(jlo, jhi):
+                        _add_to(img, d + j * dw * C, 1, col, s + j * C, C)
 
 
 @njit(cache=True, nogil=True)
 def col2im_nhwc(col, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img):
     """The NHWC image (overwritten) = sum of the column entries im2col_nhwc copied from each pixel."""
-    K = kh * kw * C
     _zero(img, 0, N * H * W * C)
     for n in range(N):
-        for oh in range(Ho):
-            for ow in range(Wo):
-                s0 = ((n * Ho + oh) * Wo + ow) * K
-                w0 = ow * sw - pw
-                jlo, jhi = output_range(kw, dw, w0, W)
-                for i in range(kh):
-                    h = oh * sh - ph + i * dh
-                    if h < 0 or h >= H:
-                        continue
-                    d = ((n * H + h) * W + w0) * C
-                    s = s0 + i * kw * C
-                    if dw == 1:
-                        _add_to(img, d + jlo * C, 1, col, s + jlo * C, (jhi - jlo) * C)
-                    else:
-                        for j in range(jlo, jhi):
-                            _add_to(img, d + j * dw * C, 1, col, s + j * C, C)
+        _col2im_nhwc_image(col, n, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img)
+
+
+@twin_of(col2im_nhwc)
+@njit(cache=True, nogil=True, parallel=True)
+def col2im_nhwc_parallel(col, N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img):
+    """col2im_nhwc with the images shared among the threads (windows overlap within an image, not
+    across images): bitwise the same."""
+    for n in prange(N):
+        _zero(img, n * H * W * C, H * W * C)
+        _col2im_nhwc_image(col, n, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, img)
 
 
 class Im2colGeometry:
@@ -358,27 +494,27 @@ class Im2colGeometry:
     def im2col(self, img, N, col, rs, ns):
         """Images img[:N] into col, element (row, n, o) at row * rs + n * ns + o."""
         if self.two_d:
-            im2col_2d(img, N, self.C, *self.args_2d, col, rs, ns)
+            pick(im2col_2d, N * self.rows * self.P)(img, N, self.C, *self.args_2d, col, rs, ns)
         else:
             im2col(img, N, self.C, self.isize, self.KK, self.P, self.table, self.padded, col, rs, ns)
 
     def col2im(self, col, rs, ns, N, img):
         if self.two_d:
-            col2im_2d(col, rs, ns, N, self.C, *self.args_2d, img)
+            pick(col2im_2d, N * self.rows * self.P)(col, rs, ns, N, self.C, *self.args_2d, img)
         else:
             col2im(col, rs, ns, N, self.C, self.isize, self.KK, self.P, self.table, img)
 
     def to_columns(self, img, N, col):
         """The batched layout (rows, N * P) of images img[:N]."""
         if self.identity:
-            to_rows(img, N, self.rows, self.P, col, NO_BIAS, False)
+            pick(to_rows, N * self.rows * self.P)(img, N, self.rows, self.P, col, NO_BIAS, False)
         else:
             self.im2col(img, N, col, N * self.P, self.P)
 
     def from_columns(self, col, N, img):
         """img[:N] = col2im of the batched layout."""
         if self.identity:
-            from_rows(col, N, self.rows, self.P, NO_BIAS, False, img)
+            pick(from_rows, N * self.rows * self.P)(col, N, self.rows, self.P, NO_BIAS, False, img)
         else:
             self.col2im(col, N * self.P, self.P, N, img)
 

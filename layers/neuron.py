@@ -38,10 +38,11 @@ one array when in place.
 The kernels compute in double precision and store float32.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from numcaffe.layers.base import NeuronLayer, register
 from numcaffe.layers.elementwise import scale_into
+from numcaffe.layers.parallel import parts, share
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.filler import fill
@@ -63,6 +64,22 @@ def relu_backward(positive, d, slope):
     """In place (d: dy in, dx out): d = d * (x > 0 ? 1 : slope)."""
     for i in range(d.size):
         d[i] = d[i] if positive[i] else d[i] * slope
+
+
+@njit(cache=True, parallel=True)
+def relu_forward_parallel(y, positive, slope, shares):
+    """relu_forward on ``shares`` equal shares of y, one per thread (layers/parallel.py): bitwise the same."""
+    for t in prange(shares):
+        lo, hi = share(y.size, t, shares)
+        relu_forward(y[lo:hi], positive[lo:hi], slope)
+
+
+@njit(cache=True, parallel=True)
+def relu_backward_parallel(positive, d, slope, shares):
+    """relu_backward on ``shares`` equal shares of d: bitwise the same."""
+    for t in prange(shares):
+        lo, hi = share(d.size, t, shares)
+        relu_backward(positive[lo:hi], d[lo:hi], slope)
 
 
 @njit(cache=True)
@@ -249,12 +266,20 @@ class ReLULayer(ElementwiseLayer):
     def forward(self, x, y):
         if not same_array(x, y):
             np.copyto(y, x)
-        relu_forward(y, self._positive.get(y.size), self.negative_slope)
+        k = parts(y.size)
+        if k > 1:
+            relu_forward_parallel(y, self._positive.get(y.size), self.negative_slope, k)
+        else:
+            relu_forward(y, self._positive.get(y.size), self.negative_slope)
 
     def backward(self, x, dy, dx):
         if not same_array(dy, dx):
             np.copyto(dx, dy)
-        relu_backward(self._positive.get(dx.size), dx, self.negative_slope)
+        k = parts(dx.size)
+        if k > 1:
+            relu_backward_parallel(self._positive.get(dx.size), dx, self.negative_slope, k)
+        else:
+            relu_backward(self._positive.get(dx.size), dx, self.negative_slope)
 
 
 @register("PReLU")

@@ -36,34 +36,47 @@ in Caffe; eps defaults to 1e-9).
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from numcaffe.layers.base import Layer, register
+from numcaffe.layers.parallel import parts, share
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.proto import caffe_pb2
 
 
 # -- BatchNorm kernels ------------------------------------------------------------------
+@njit(inline="always")
+def _channel_mean_var(x, num, channels, spatial, c, mean, var):
+    m = num * spatial
+    acc = 0.0
+    for n in range(num):
+        base = (n * channels + c) * spatial
+        for i in range(spatial):
+            acc += x[base + i]
+    mu = acc / m
+    acc = 0.0
+    for n in range(num):
+        base = (n * channels + c) * spatial
+        for i in range(spatial):
+            d = x[base + i] - mu
+            acc += d * d
+    mean[c] = mu
+    var[c] = acc / m
+
+
 @njit(cache=True)
 def channel_mean_var(x, num, channels, spatial, mean, var):
     """Per-channel mean and biased variance E((x - mean)^2) over batch and spatial axes."""
-    m = num * spatial
     for c in range(channels):
-        acc = 0.0
-        for n in range(num):
-            base = (n * channels + c) * spatial
-            for i in range(spatial):
-                acc += x[base + i]
-        mu = acc / m
-        acc = 0.0
-        for n in range(num):
-            base = (n * channels + c) * spatial
-            for i in range(spatial):
-                d = x[base + i] - mu
-                acc += d * d
-        mean[c] = mu
-        var[c] = acc / m
+        _channel_mean_var(x, num, channels, spatial, c, mean, var)
+
+
+@njit(cache=True, parallel=True)
+def channel_mean_var_parallel(x, num, channels, spatial, mean, var):
+    """channel_mean_var with the channels shared among the threads (layers/parallel.py): bitwise the same."""
+    for c in prange(channels):
+        _channel_mean_var(x, num, channels, spatial, c, mean, var)
 
 
 @njit(cache=True)
@@ -78,6 +91,7 @@ def update_running_stats(mean, var, fraction, correction, run_mean, run_var, fac
 # Each kernel works on one array in place: the layer copies x into the top (dy into the bottom diff)
 # first when it does not run in place.  A numba loop handed one array as both input and output
 # falls back to scalar code (layers/neuron.py), and one in-place kernel serves both cases.
+# The parallel twins share the (image, channel) planes, or the channels, among the threads.
 
 @njit(cache=True)
 def batch_norm_forward(y, mean, std, num, channels, spatial, x_norm, keep):
@@ -94,21 +108,33 @@ def batch_norm_forward(y, mean, std, num, channels, spatial, x_norm, keep):
                     x_norm[base + i] = v
 
 
-@njit(cache=True)
-def batch_norm_backward(d, x_norm, std, num, channels, spatial, sum_dy, sum_dy_y):
-    """d = (d - mean(d) - mean(d * y) * y) / std over each channel (d: dy in, dx out)."""
-    for c in range(channels):
-        a = 0.0
-        b = 0.0
-        for n in range(num):
-            base = (n * channels + c) * spatial
-            for i in range(spatial):
-                a += d[base + i]
-                b += d[base + i] * x_norm[base + i]
-        sum_dy[c] = a
-        sum_dy_y[c] = b
-    m = num * spatial
+@njit(cache=True, parallel=True)
+def batch_norm_forward_parallel(y, mean, std, num, channels, spatial, x_norm, keep, shares):
+    """batch_norm_forward on ``shares`` shares of the images, one per thread: bitwise the same.  (By
+    (image, channel) plane under prange it measured 3x slower than serial on ResNet's BatchNorms.)"""
+    size = channels * spatial
+    for t in prange(shares):
+        lo, hi = share(num, t, shares)
+        batch_norm_forward(y[lo * size:hi * size], mean, std, hi - lo, channels, spatial,
+                           x_norm[lo * size:hi * size] if keep else x_norm, keep)
+
+
+@njit(inline="always")
+def _channel_sums(d, x_norm, num, channels, spatial, c, sum_dy, sum_dy_y):
+    a = 0.0
+    b = 0.0
     for n in range(num):
+        base = (n * channels + c) * spatial
+        for i in range(spatial):
+            a += d[base + i]
+            b += d[base + i] * x_norm[base + i]
+    sum_dy[c] = a
+    sum_dy_y[c] = b
+
+
+@njit(inline="always")
+def _batch_norm_backward_images(d, x_norm, std, n0, n1, channels, spatial, m, sum_dy, sum_dy_y):
+    for n in range(n0, n1):
         for c in range(channels):
             base = (n * channels + c) * spatial
             mdy = sum_dy[c] / m
@@ -116,6 +142,25 @@ def batch_norm_backward(d, x_norm, std, num, channels, spatial, sum_dy, sum_dy_y
             s = std[c]
             for i in range(spatial):
                 d[base + i] = (d[base + i] - mdy - mdyy * x_norm[base + i]) / s
+
+
+@njit(cache=True)
+def batch_norm_backward(d, x_norm, std, num, channels, spatial, sum_dy, sum_dy_y):
+    """d = (d - mean(d) - mean(d * y) * y) / std over each channel (d: dy in, dx out)."""
+    for c in range(channels):
+        _channel_sums(d, x_norm, num, channels, spatial, c, sum_dy, sum_dy_y)
+    _batch_norm_backward_images(d, x_norm, std, 0, num, channels, spatial, num * spatial, sum_dy, sum_dy_y)
+
+
+@njit(cache=True, parallel=True)
+def batch_norm_backward_parallel(d, x_norm, std, num, channels, spatial, sum_dy, sum_dy_y, shares):
+    """batch_norm_backward, the channels' sums and then ``shares`` shares of the images shared among
+    the threads: bitwise the same."""
+    for c in prange(channels):
+        _channel_sums(d, x_norm, num, channels, spatial, c, sum_dy, sum_dy_y)
+    for t in prange(shares):
+        lo, hi = share(num, t, shares)
+        _batch_norm_backward_images(d, x_norm, std, lo, hi, channels, spatial, num * spatial, sum_dy, sum_dy_y)
 
 
 @njit(cache=True)
@@ -127,6 +172,15 @@ def batch_norm_global_backward(d, std, num, channels, spatial):
             s = std[c]
             for i in range(spatial):
                 d[base + i] = d[base + i] / s
+
+
+@njit(cache=True, parallel=True)
+def batch_norm_global_backward_parallel(d, std, num, channels, spatial, shares):
+    """batch_norm_global_backward on ``shares`` shares of the images: bitwise the same."""
+    size = channels * spatial
+    for t in prange(shares):
+        lo, hi = share(num, t, shares)
+        batch_norm_global_backward(d[lo * size:hi * size], std, hi - lo, channels, spatial)
 
 
 @register("BatchNorm")
@@ -186,7 +240,8 @@ class BatchNormLayer(Layer):
             np.multiply(self.blobs[0].flat_data, np.float32(scale), out=self.mean)
             np.multiply(self.blobs[1].flat_data, np.float32(scale), out=self.var)
         else:
-            channel_mean_var(x, self.num, self.channels, self.spatial, self.mean, self.var)
+            mean_var = channel_mean_var_parallel if parts(x.size) > 1 else channel_mean_var
+            mean_var(x, self.num, self.channels, self.spatial, self.mean, self.var)
             m = x.size // self.channels
             correction = m / (m - 1.0) if m > 1 else 1.0
             update_running_stats(self.mean, self.var, self.fraction, correction, self.blobs[0].flat_data,
@@ -199,7 +254,12 @@ class BatchNormLayer(Layer):
         y = top[0].flat_data
         if top[0] is not bottom[0]:
             np.copyto(y, x)
-        batch_norm_forward(y, self.mean, self.std, self.num, self.channels, self.spatial, x_norm, keep)
+        shares = min(parts(y.size), self.num)
+        if shares > 1:
+            batch_norm_forward_parallel(y, self.mean, self.std, self.num, self.channels, self.spatial, x_norm,
+                                        keep, shares)
+        else:
+            batch_norm_forward(y, self.mean, self.std, self.num, self.channels, self.spatial, x_norm, keep)
 
     def Backward_cpu(self, top, propagate_down, bottom):
         if not propagate_down[0]:
@@ -207,8 +267,15 @@ class BatchNormLayer(Layer):
         dx = bottom[0].flat_diff
         if top[0] is not bottom[0]:
             np.copyto(dx, top[0].flat_diff)
-        if self.use_global_stats:
+        wide = parts(dx.size) > 1
+        shares = min(parts(dx.size), self.num)
+        if self.use_global_stats and shares > 1:
+            batch_norm_global_backward_parallel(dx, self.std, self.num, self.channels, self.spatial, shares)
+        elif self.use_global_stats:
             batch_norm_global_backward(dx, self.std, self.num, self.channels, self.spatial)
+        elif wide:
+            batch_norm_backward_parallel(dx, self.x_norm[: dx.size], self.std, self.num, self.channels,
+                                         self.spatial, self.sum_dy, self.sum_dy_y, max(shares, 1))
         else:
             batch_norm_backward(dx, self.x_norm[: dx.size], self.std, self.num, self.channels, self.spatial,
                                 self.sum_dy, self.sum_dy_y)

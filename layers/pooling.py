@@ -22,9 +22,10 @@ Pooling windows: output ``(ph, pw)`` covers rows ``ph * stride_h - pad_h`` up to
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from numcaffe.layers.base import Layer, register
+from numcaffe.layers.parallel import parts, share
 from numcaffe.layers.geometry import output_range, pool_window, pooled_size
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
@@ -226,6 +227,41 @@ def ave_pool_backward(dy, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, dx):
                         dst[t * sw] += gg[t]
 
 
+# -- parallel twins: each thread runs the plain kernel on its share of the planes (layers/parallel.py),
+#    so the numbers are bitwise the plain kernel's (masks are plane-relative indices).
+
+@njit(cache=True, parallel=True)
+def max_pool_forward_parallel(x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, y, mask, shares):
+    for t in prange(shares):
+        lo, hi = share(planes, t, shares)
+        max_pool_forward(x[lo * H * W:hi * H * W], hi - lo, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo,
+                         y[lo * Ho * Wo:hi * Ho * Wo], mask[lo * Ho * Wo:hi * Ho * Wo])
+
+
+@njit(cache=True, parallel=True)
+def max_pool_backward_parallel(dy, mask, planes, HW, HoWo, dx, shares):
+    for t in prange(shares):
+        lo, hi = share(planes, t, shares)
+        max_pool_backward(dy[lo * HoWo:hi * HoWo], mask[lo * HoWo:hi * HoWo], hi - lo, HW, HoWo,
+                          dx[lo * HW:hi * HW])
+
+
+@njit(cache=True, parallel=True)
+def ave_pool_forward_parallel(x, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, y, shares):
+    for t in prange(shares):
+        lo, hi = share(planes, t, shares)
+        ave_pool_forward(x[lo * H * W:hi * H * W], hi - lo, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo,
+                         y[lo * Ho * Wo:hi * Ho * Wo])
+
+
+@njit(cache=True, parallel=True)
+def ave_pool_backward_parallel(dy, planes, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo, dx, shares):
+    for t in prange(shares):
+        lo, hi = share(planes, t, shares)
+        ave_pool_backward(dy[lo * Ho * Wo:hi * Ho * Wo], hi - lo, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo,
+                          dx[lo * H * W:hi * H * W])
+
+
 @njit(inline="always")
 def _window_sums(x, src, W, hs, he, ws, we):
     """(sum x, sum x^2) over rows [hs, he) and columns [ws, we) of the plane at x[src:]."""
@@ -364,14 +400,20 @@ class PoolingLayer(Layer):
         planes, H, W = self._geometry(bottom[0])
         x, y = bottom[0].flat_data, top[0].flat_data
         mask = self.mask[:top[0].count]
+        window = (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.Ho, self.Wo)
+        shares = min(parts(x.size), planes)
         if self.method == PP.MAX:
-            max_pool_forward(x, planes, H, W, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw,
-                             self.Ho, self.Wo, y, mask)
+            if shares > 1:
+                max_pool_forward_parallel(x, planes, H, W, *window, y, mask, shares)
+            else:
+                max_pool_forward(x, planes, H, W, *window, y, mask)
             if len(top) > 1:
                 top[1].flat_data[...] = mask
         elif self.method == PP.AVE:
-            ave_pool_forward(x, planes, H, W, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw,
-                             self.Ho, self.Wo, y)
+            if shares > 1:
+                ave_pool_forward_parallel(x, planes, H, W, *window, y, shares)
+            else:
+                ave_pool_forward(x, planes, H, W, *window, y)
         elif self.phase == caffe_pb2.TRAIN:
             u = self.random.random(top[0].count, dtype=np.float32)
             stochastic_pool_train(x, planes, H, W, self.kh, self.kw, self.sh, self.sw, self.Ho, self.Wo,
@@ -385,13 +427,20 @@ class PoolingLayer(Layer):
         planes, H, W = self._geometry(bottom[0])
         dy, dx = top[0].flat_diff, bottom[0].flat_diff
         mask = self.mask[:top[0].count]
+        shares = min(parts(dx.size), planes)
         if self.method == PP.MAX or (self.method == PP.STOCHASTIC and self.phase == caffe_pb2.TRAIN):
             if len(top) > 1:
                 mask[...] = top[1].flat_data  # Caffe routes by the mask top's values
-            max_pool_backward(dy, mask, planes, H * W, self.Ho * self.Wo, dx)
+            if shares > 1:
+                max_pool_backward_parallel(dy, mask, planes, H * W, self.Ho * self.Wo, dx, shares)
+            else:
+                max_pool_backward(dy, mask, planes, H * W, self.Ho * self.Wo, dx)
         elif self.method == PP.AVE:
-            ave_pool_backward(dy, planes, H, W, self.kh, self.kw, self.sh, self.sw, self.ph, self.pw,
-                              self.Ho, self.Wo, dx)
+            window = (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw, self.Ho, self.Wo)
+            if shares > 1:
+                ave_pool_backward_parallel(dy, planes, H, W, *window, dx, shares)
+            else:
+                ave_pool_backward(dy, planes, H, W, *window, dx)
         else:
             stochastic_pool_test_backward(bottom[0].flat_data, top[0].flat_data, dy, planes, H, W,
                                           self.kh, self.kw, self.sh, self.sw, self.Ho, self.Wo, dx)

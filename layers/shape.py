@@ -17,7 +17,8 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import Layer, register
-from numcaffe.layers.elementwise import add_into, weighted_sum2
+from numcaffe.layers.elementwise import add_into, weighted_sum2, weighted_sum2_parallel
+from numcaffe.layers.parallel import parts
 from numcaffe.net.errors import ConfigError, ShapeError
 
 
@@ -79,7 +80,11 @@ class SplitLayer(Layer):
             return
         dx = bottom[0].flat_diff
         if len(top) == 2:
-            weighted_sum2(1.0, top[0].flat_diff, 1.0, top[1].flat_diff, dx)
+            shares = parts(dx.size)
+            if shares > 1:
+                weighted_sum2_parallel(1.0, top[0].flat_diff, 1.0, top[1].flat_diff, dx, shares)
+            else:
+                weighted_sum2(1.0, top[0].flat_diff, 1.0, top[1].flat_diff, dx)
             return
         dx[...] = top[0].flat_diff
         for t in top[1:]:

@@ -17,9 +17,10 @@ The update rules (``V`` the history, ``mu`` the momentum, ``a`` the local rate):
     Nesterov:  V' <- mu V + a g;                 step = (1 + mu) V' - mu V
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from numcaffe.layers.elementwise import axpy
+from numcaffe.layers.elementwise import axpy, axpy_parallel
+from numcaffe.layers.parallel import parts, share
 from numcaffe.net.log import fmt
 from numcaffe.solvers import lr_policy
 from numcaffe.solvers.listener import notify
@@ -80,6 +81,32 @@ def subtract(w, g):
         w[i] -= g[i]
 
 
+# The parallel twins (layers/parallel.py): the plain kernel on equal shares of the parameter, one
+# per thread, so bitwise the same; the solver takes them for parameters of PARALLEL_MIN values and more.
+
+@njit(cache=True, parallel=True)
+def sgd_update_parallel(g, v, local_rate, momentum, shares):
+    for t in prange(shares):
+        lo, hi = share(g.size, t, shares)
+        sgd_update(g[lo:hi], v[lo:hi], local_rate, momentum)
+
+
+@njit(cache=True, parallel=True)
+def subtract_parallel(w, g, shares):
+    for t in prange(shares):
+        lo, hi = share(w.size, t, shares)
+        subtract(w[lo:hi], g[lo:hi])
+
+
+def step(blob):
+    """w -= g for one parameter blob (Caffe's Blob::Update), on every thread when it is big."""
+    shares = parts(blob.count)
+    if shares > 1:
+        subtract_parallel(blob.flat_data, blob.flat_diff, shares)
+    else:
+        subtract(blob.flat_data, blob.flat_diff)
+
+
 # ---------------------------------------------------------------- solvers
 
 
@@ -136,15 +163,24 @@ class SGDSolver(Solver):
             return
         blob = self.net.learnable_params[param_id]
         if self.param.regularization_type == "L2":
-            axpy(float(decay), blob.flat_data, blob.flat_diff)
+            shares = parts(blob.count)
+            if shares > 1:
+                axpy_parallel(float(decay), blob.flat_data, blob.flat_diff, shares)
+            else:
+                axpy(float(decay), blob.flat_data, blob.flat_diff)
         else:
             regularize_l1(blob.flat_data, blob.flat_diff, float(decay))
 
     def compute_update_value(self, param_id, rate):
         local_rate = rate * self.net.params_lr[param_id]
         blob = self.net.learnable_params[param_id]
-        sgd_update(blob.flat_diff, self.history[param_id].reshape(-1), float(local_rate),
-                   float(self.param.momentum))
+        shares = parts(blob.count)
+        if shares > 1:
+            sgd_update_parallel(blob.flat_diff, self.history[param_id].reshape(-1), float(local_rate),
+                                float(self.param.momentum), shares)
+        else:
+            sgd_update(blob.flat_diff, self.history[param_id].reshape(-1), float(local_rate),
+                       float(self.param.momentum))
 
     def apply_update(self):
         rate = self.get_learning_rate()
@@ -159,7 +195,7 @@ class SGDSolver(Solver):
             self.regularize(i)
             self.compute_update_value(i, rate)
         for blob in self.net.learnable_params:
-            subtract(blob.flat_data, blob.flat_diff)
+            step(blob)
         if self.net.debug_info:
             self.net.update_debug_info()
 

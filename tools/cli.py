@@ -19,12 +19,14 @@ traceback; ``--debug`` shows the traceback.
 """
 import argparse
 import importlib
+import os
 import pkgutil
 import signal
 import sys
 import threading
 
 import numcaffe.tools as _pkg
+from numcaffe.net import threads
 from numcaffe.net.errors import NumcaffeError, Terminated
 
 
@@ -80,6 +82,13 @@ def _abbreviated(parser, message):
     return f"; flags are not abbreviated: {', '.join(hints)}" if hints else ""
 
 
+def _threads(text):
+    try:
+        return threads.parse(text, "--threads")
+    except NumcaffeError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--threads ")) from None
+
+
 def build_parser(commands=None):
     commands = _commands() if commands is None else commands
     parser = _Parser(prog="numcaffe", description="numcaffe: Caffe, done right in Python. "
@@ -90,6 +99,9 @@ def build_parser(commands=None):
         p = sub.add_parser(name, help=getattr(mod, "HELP", ""), description=getattr(mod, "HELP", None))
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show a traceback on errors")
+        p.add_argument("--threads", type=_threads, default=None, metavar="N",
+                       help="threads for Numba's loops and BLAS together (default: NUMCAFFE_THREADS, "
+                            "else OMP/OPENBLAS/NUMBA_NUM_THREADS, else every core; docs/threads.md)")
         mod.add_arguments(p)
     return parser
 
@@ -135,6 +147,7 @@ def main(argv=None):
 
 def _main(argv):
     argv = sys.argv[1:] if argv is None else list(argv)
+    _early_threads(argv)
     commands = _commands()
     parser = build_parser(commands)
     argv = _gflags_to_argparse(argv, parser)
@@ -147,6 +160,11 @@ def _main(argv):
         parser.print_help()
         return 0
     args.argv = argv
+    try:
+        threads.request(threads.resolve(args.threads))
+    except NumcaffeError as e:
+        print(f"numcaffe: error: {e}", file=sys.stderr)
+        return 1
     from numcaffe.net import comm
     if comm.launcher_size() > 1:
         return _run_rank(commands[args.command], args)
@@ -158,6 +176,20 @@ def _main(argv):
         print(f"numcaffe: error: {e}", file=sys.stderr)
         return 1
     return int(status or 0)
+
+
+def _early_threads(argv):
+    """The thread budget into the environment before numpy and Numba load (they size their pools
+    then); a bad value is left for the parser or ``threads.resolve`` to refuse in one line.  Not when
+    numpy is already loaded (``main`` called in-process): the environment would change for nothing."""
+    if "numpy" in sys.modules:
+        return
+    flag = threads.argv_threads(argv)
+    try:
+        n = threads.resolve(flag)
+    except NumcaffeError:
+        return
+    threads.prepare_environment(n, explicit=flag is not None or bool(os.environ.get(threads.ENV, "").strip()))
 
 
 def _run_rank(command, args):
