@@ -26,12 +26,10 @@ says how its figures were taken (the bench in its own session, that session's gr
 """
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 import tempfile
-import time
 import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -94,22 +92,9 @@ def numcaffe_worker(name, workdir, rounds, per_layer):
 
 
 def torch_worker(name, workdir, threads, rounds):
-    import numpy as np
     import torch
-    from bench.torch_replay import TorchNet
-    from numcaffe.net.proto import caffe_pb2
     torch.set_num_threads(threads)
-    param = caffe_pb2.NetParameter()
-    with open(os.path.join(workdir, f"{name}.pb"), "rb") as f:
-        param.ParseFromString(f.read())
-    arrays = np.load(os.path.join(workdir, f"{name}.npz"))
-    weights = {}
-    for key in arrays.files:
-        if key.startswith("w:"):
-            layer, j = key[2:].rsplit(":", 1)
-            weights.setdefault(layer, {})[int(j)] = arrays[key]
-    tnet = TorchNet(param, {k: [v[j] for j in sorted(v)] for k, v in weights.items()})
-    inputs = {k[3:]: torch.from_numpy(arrays[k].copy()) for k in arrays.files if k.startswith("in:")}
+    tnet, arrays, inputs = zoo.torch_net(workdir, name)
     outs = [k[4:] for k in arrays.files if k.startswith("out:")]
     opt = torch.optim.SGD(tnet.params, lr=LR, momentum=MOMENTUM, weight_decay=DECAY)
 

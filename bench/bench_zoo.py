@@ -160,27 +160,35 @@ def numcaffe_times(net, rounds, per_layer):
 
 # ---------------------------------------------------------------- torch side (child process)
 
-def torch_worker(workdir, names, threads, rounds, layers_net, input_diff):
+def torch_net(workdir, name):
+    """The torch replay of a net numcaffe_net saved: (TorchNet, the saved arrays, the input tensors)."""
     import numpy as np
     import torch
     sys.path.insert(0, ROOT)
-    from bench.torch_replay import TorchNet, max_relative_difference
+    from bench.torch_replay import TorchNet
     from numcaffe.net.proto import caffe_pb2
+    param = caffe_pb2.NetParameter()
+    with open(os.path.join(workdir, f"{name}.pb"), "rb") as f:
+        param.ParseFromString(f.read())
+    arrays = np.load(os.path.join(workdir, f"{name}.npz"))
+    weights = {}
+    for key in arrays.files:
+        if key.startswith("w:"):
+            layer, j = key[2:].rsplit(":", 1)
+            weights.setdefault(layer, {})[int(j)] = arrays[key]
+    tnet = TorchNet(param, {k: [v[j] for j in sorted(v)] for k, v in weights.items()})
+    inputs = {k[3:]: torch.from_numpy(arrays[k].copy()) for k in arrays.files if k.startswith("in:")}
+    return tnet, arrays, inputs
+
+
+def torch_worker(workdir, names, threads, rounds, layers_net, input_diff):
+    import torch
+    sys.path.insert(0, ROOT)
+    from bench.torch_replay import max_relative_difference
     torch.set_num_threads(threads)
     result = {}
     for name in names:
-        param = caffe_pb2.NetParameter()
-        with open(os.path.join(workdir, f"{name}.pb"), "rb") as f:
-            param.ParseFromString(f.read())
-        arrays = np.load(os.path.join(workdir, f"{name}.npz"))
-        weights = {}
-        for key in arrays.files:
-            if key.startswith("w:"):
-                layer, j = key[2:].rsplit(":", 1)
-                weights.setdefault(layer, {})[int(j)] = arrays[key]
-        weights = {k: [v[j] for j in sorted(v)] for k, v in weights.items()}
-        tnet = TorchNet(param, weights)
-        inputs = {k[3:]: torch.from_numpy(arrays[k].copy()) for k in arrays.files if k.startswith("in:")}
+        tnet, arrays, inputs = torch_net(workdir, name)
         outs = [k[4:] for k in arrays.files if k.startswith("out:")]
         with torch.no_grad():
             blobs = tnet.forward(inputs)

@@ -12,7 +12,6 @@ container runtime would, and checks the message, the exit status and that nothin
 * the hidden temporary files of snapshots killed mid-write are removed at the next start, one log
   line each, and nothing else is.
 """
-import hashlib
 import os
 import re
 import signal
@@ -20,9 +19,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 from numcaffe.net.proto import caffe_pb2
+from tests.tools.test_hostile_inputs import digests
+from tests.tools.test_train_cli import wait_for
 
 NET = """name: "tiny"
 layer { name: "in" type: "DummyData" top: "x" top: "t"
@@ -70,21 +70,6 @@ def start(d, *argv):
                             env=env())
 
 
-def wait_for(proc, pattern, timeout=120):
-    """Read ``proc``'s stderr until a line matches; the lines read."""
-    deadline = time.time() + timeout
-    seen = []
-    while time.time() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-        if re.search(pattern, line):
-            return seen
-    proc.kill()
-    raise AssertionError(f"never saw {pattern!r}:\n" + "".join(seen[-30:]))
-
-
 def finish(proc, timeout=120):
     """The rest of ``proc``'s stderr and its exit status (killed if it does not end)."""
     try:
@@ -100,17 +85,6 @@ def run(d, *argv, timeout=180, **extra_env):
     res = subprocess.run(cmd(*argv), cwd=d, capture_output=True, text=True, timeout=timeout,
                          env=env(**extra_env))
     return res.returncode, res.stdout, res.stderr
-
-
-def digests(folder):
-    """{relative path: sha256} of every file under ``folder``, hidden ones included."""
-    out = {}
-    for root, _, names in os.walk(folder):
-        for n in names:
-            p = os.path.join(root, n)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def snapshot_pairs(snap, *keep):

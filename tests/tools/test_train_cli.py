@@ -125,7 +125,8 @@ def test_finetune_with_weights_and_flag_errors(tmp_path, capsys):
     assert status == 1 and "numcaffe: error: need model weights to score (--weights)" in lines
 
 
-def _wait_for(proc, pattern, timeout=90):
+def wait_for(proc, pattern, timeout=120):
+    """Read ``proc``'s stderr until a line matches; the lines read."""
     deadline = time.time() + timeout
     seen = []
     while time.time() < deadline:
@@ -146,11 +147,11 @@ def test_ctrl_c_snapshots_and_resume_continues_the_identical_run(tmp_path, capsy
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "numcaffe.tools.cli", "train", "--solver", str(long_run)],
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    _wait_for(proc, r"\] Iteration 300 \(")
+    wait_for(proc, r"\] Iteration 300 \(")
     proc.send_signal(signal.SIGHUP)          # SIGHUP: snapshot and go on
-    seen = _wait_for(proc, r"Snapshotting solver state to binary proto file \S+long_iter_\d+\.solverstate")
+    seen = wait_for(proc, r"Snapshotting solver state to binary proto file \S+long_iter_\d+\.solverstate")
     hup_iter = int(re.search(r"long_iter_(\d+)\.solverstate", seen[-1]).group(1))
-    _wait_for(proc, rf"\] Iteration {(hup_iter // 100 + 1) * 100} \(")
+    wait_for(proc, rf"\] Iteration {(hup_iter // 100 + 1) * 100} \(")
     proc.send_signal(signal.SIGINT)          # Ctrl-C: snapshot, then stop
     _, rest = proc.communicate(timeout=90)
     assert proc.returncode == 0, rest
