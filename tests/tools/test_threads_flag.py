@@ -7,16 +7,10 @@ import pytest
 
 from numcaffe.net import threads
 from numcaffe.tools.cli import _commands, build_parser
+from tests.net.test_threads import restore_budget  # noqa: F401 (autouse: each test leaves the budget as it found it)
 from tests.tools.test_errors import assert_clean_error, cli
 
 COMMANDS = sorted(_commands())
-
-
-@pytest.fixture(autouse=True)
-def restore_budget():
-    before = threads.count()
-    yield
-    threads.set_threads(before)
 
 
 def test_every_command_has_the_threads_flag():
