@@ -18,7 +18,10 @@ numcaffe's).  Times are the minimum over ``--rounds`` rounds of wall time, after
 warm-up.  Then the geometric means and the goals of issue 11, met or not.
 
 Environment: the thread count goes to OpenBLAS, OpenMP, Numba and torch (and to
-threadpoolctl when installed).  OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which some
+threadpoolctl when installed), and the idle pools sleep as under the ``numcaffe`` command
+(net/threads.py's ``prepare_environment``: without it OpenBLAS's idle threads spin
+through every Numba loop, CIFAR-10 quick's forward 56 against 42 ms); torch keeps its own
+OpenMP defaults.  OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, which some
 machines here set for old OpenBLAS builds and which slow a current numpy's, are unset for
 this benchmark (the script re-executes itself without them) and the BLAS kernel in use is
 printed.  Machine load moves absolute times: compare the ratios of one run.
@@ -50,11 +53,6 @@ NETS = {
 ZOO_NETS = ["cifar10_quick", "alexnet", "googlenet", "resnet50", "mobilenet_v2", "squeezenet1.1"]
 GOALS = {"inference geomean": 0.8, "inference max": 1.0, "training geomean": 0.6, "lenet training": 0.5}
 BAD_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-
-
-def set_thread_env(threads):
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(threads)
 
 
 def best_of(fn, rounds):
@@ -283,11 +281,15 @@ def main():
     if args.layers and args.layers not in args.nets:
         args.nets.append(args.layers)
 
+    sys.path.insert(0, ROOT)
+    from numcaffe.net import threads as budget
     wanted = {"NUMBA_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads)}
+    if not args.torch_worker:
+        wanted.update(budget.QUIET_POOLS)
     if any(v in os.environ for v in BAD_ENV) or any(os.environ.get(k) != v for k, v in wanted.items()):
         for v in BAD_ENV:
             os.environ.pop(v, None)
-        set_thread_env(args.threads)
+        budget.prepare_environment(args.threads, True)   # what the numcaffe command sets before numpy loads
         os.environ.setdefault("GLOG_minloglevel", "1")      # the nets' setup log is not the point here
         os.execv(sys.executable, [sys.executable] + sys.argv)
 
@@ -316,7 +318,10 @@ def main():
                    str(args.threads), "--rounds", str(args.rounds), "--torch-worker", spec]
             if args.layers == name:
                 cmd += ["--layers", args.layers]
-            th.update(json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout))
+            # torch with its own OpenMP defaults, not numcaffe's quiet pools
+            env = {k: v for k, v in os.environ.items() if k not in budget.QUIET_POOLS}
+            th.update(json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,
+                                                env=env).stdout))
     print(f"numcaffe: {blas_info()}")
     print(f"{th.pop('_torch')}; min of {args.rounds} rounds after a warm-up\n")
     report(nc, th, args)
