@@ -42,7 +42,7 @@ from numcaffe.layers.depthwise import (depthwise_backward, depthwise_backward_s1
 from numcaffe.layers.geometry import conv_output_shape, conv_window
 from numcaffe.layers.im2col import (NO_BIAS, Im2colGeometry, add_bias, bias_grad, col2im_nhwc, from_cols,
                                     from_rows, im2col_nhwc, to_cols, to_rows)
-from numcaffe.layers.parallel import pick
+from numcaffe.layers.parallel import image_shares, pick, share, team
 from numcaffe.layers.workspace import Scratch
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
@@ -200,11 +200,17 @@ class BaseConvolutionLayer(Layer):
         if geo is None or getattr(self, "layout", None) == DEPTHWISE:
             return 0
         rows = self.channels * self.chunk * geo.P if self.reverse else 0
-        return geo.rows * self.chunk * geo.P + rows
+        # image shares each take at most a chunk of columns, on their own thread
+        return geo.rows * min(self.num, self.chunk * self._shares()) * geo.P + rows
 
-    def _chunks(self):
-        N, chunk = self.num, self.chunk
-        return [(n0, min(chunk, N - n0)) for n0 in range(0, N, chunk)]
+    def _shares(self):
+        """Into how many shares of images a pass cuts the batch (1: Deconvolution always)."""
+        return 1
+
+    def _chunks(self, lo=0, hi=None):
+        """(first image, images) of each chunk of images lo .. hi (the whole batch by default)."""
+        hi, chunk = self.num if hi is None else hi, self.chunk
+        return [(n0, min(chunk, hi - n0)) for n0 in range(lo, hi, chunk)]
 
 
 @register("Convolution")
@@ -218,28 +224,62 @@ class ConvolutionLayer(BaseConvolutionLayer):
                                     int(np.prod(self.kernel)))
         if self.layout != DEPTHWISE:
             super().setup_geometry()
+        self.image_size = self.channels * int(np.prod(self.in_spatial, dtype=np.int64))
+        self.macs = self.num * self.positions * self.blobs[0].count
         self._cached = False
+
+    def _shares(self):
+        """Into how many shares of images a pass cuts the batch, each on its own thread
+        (layers/parallel.py's ``image_shares``); 1 runs it here, OpenBLAS threading the GEMMs."""
+        return image_shares(self.num, self.macs)
 
     def Forward_cpu(self, bottom, top):
         bias = self.blobs[1].flat_data if self.bias_term else NO_BIAS
         forward = getattr(self, "_forward_" + self.layout)
+        shares = self._shares()
         for b, t in zip(bottom, top):
-            forward(b.flat_data, t.flat_data, bias)
-        # One chunk holds every image: backward reuses these columns for the weight gradient.
-        self._cached = self.layout != DEPTHWISE and len(bottom) == 1 and self.chunk >= self.num
+            x, y = b.flat_data, t.flat_data
+            if shares == 1:
+                forward(x, y, bias, 0, self.num)
+            else:
+                team().run(lambda s: forward(x, y, bias, *share(self.num, s, shares)), shares)
+        # One chunk holds each share's images: backward reuses these columns for the weight gradient.
+        self._cached = (self.layout != DEPTHWISE and len(bottom) == 1
+                        and self.chunk >= -(-self.num // shares))
 
     def Backward_cpu(self, top, propagate_down, bottom):
         want_w = self.param_propagate_down[0]
         want_b = self.bias_term and self.param_propagate_down[1]
+        dW = self.blobs[0].flat_diff
         db = self.blobs[1].flat_diff if self.bias_term else NO_BIAS
         backward = getattr(self, "_backward_" + self.layout)
-        # Forward's columns are still there only if no other layer took the buffer since.
-        self._cached = self._cached and self.buffers.holds("col")
+        shares = self._shares()
         for i, (b, t) in enumerate(zip(bottom, top)):
-            if want_w or propagate_down[i]:
-                backward(b.flat_data, t.flat_diff, b.flat_diff, want_w, want_b, db, propagate_down[i])
-            elif want_b:
-                pick(bias_grad, t.count)(t.flat_diff, self.num, self.num_output, self.positions, db)
+            x, dy, dx, want_dx = b.flat_data, t.flat_diff, b.flat_diff, propagate_down[i]
+            if not (want_w or want_dx):
+                if want_b:
+                    pick(bias_grad, t.count)(dy, self.num, self.num_output, self.positions, db)
+            elif shares == 1:
+                backward(x, dy, dx, want_w, want_b, dW, db, want_dx, 0, self.num, self._cached)
+            else:
+                def one(s):
+                    # each share sums its images' parameter gradients apart; they are added below,
+                    # in share order (a run is bitwise itself at a fixed thread count)
+                    acc_w, acc_b = dW, db
+                    if want_w:
+                        acc_w = self.buffers.get("share_dW", dW.size)
+                        acc_w[...] = 0.0
+                    if want_b:
+                        acc_b = self.buffers.get("share_db", db.size)
+                        acc_b[...] = 0.0
+                    backward(x, dy, dx, want_w, want_b, acc_w, acc_b, want_dx, *share(self.num, s, shares),
+                             self._cached)
+                    return acc_w, acc_b
+                for acc_w, acc_b in team().run(one, shares):
+                    if want_w:
+                        dW += acc_w
+                    if want_b:
+                        db += acc_b
             self._cached = False
 
     # -- DEPTHWISE: direct kernels; stride 1 has its own -------------------------------
@@ -250,16 +290,19 @@ class ConvolutionLayer(BaseConvolutionLayer):
         return (*self.in_spatial, self.blobs[0].flat_data, self.num_output, *self.kernel, *stride,
                 *self.pad, *self.dilation, *self.out_spatial)
 
-    def _forward_depthwise(self, x, y, bias):
+    def _forward_depthwise(self, x, y, bias, lo, hi):
         kernel = depthwise_forward_s1 if self.stride == [1, 1] else depthwise_forward
-        kernel(x, self.num, self.channels, *self._depthwise_args(), bias, self.bias_term, y)
+        xi, yi = self.image_size, self.num_output * self.positions
+        kernel(x[lo * xi:hi * xi], hi - lo, self.channels, *self._depthwise_args(), bias, self.bias_term,
+               y[lo * yi:hi * yi])
 
-    def _backward_depthwise(self, x, dy, dx, want_w, want_b, db, want_dx):
+    def _backward_depthwise(self, x, dy, dx, want_w, want_b, dW, db, want_dx, lo, hi, cached):
+        xi, yi = self.image_size, self.num_output * self.positions
+        x, dx, dy = x[lo * xi:hi * xi], dx[lo * xi:hi * xi], dy[lo * yi:hi * yi]
         if want_b:
-            pick(bias_grad, dy.size)(dy, self.num, self.num_output, self.positions, db)
+            pick(bias_grad, dy.size)(dy, hi - lo, self.num_output, self.positions, db)
         kernel = depthwise_backward_s1 if self.stride == [1, 1] else depthwise_backward
-        kernel(x, dy, self.num, self.channels, *self._depthwise_args(), self.blobs[0].flat_diff, want_w,
-               dx, want_dx)
+        kernel(x, dy, hi - lo, self.channels, *self._depthwise_args(), dW, want_w, dx, want_dx)
 
     # -- PER_IMAGE and ROWS: (K, P) columns per image or (K, N * P) per chunk -----------
 
@@ -275,11 +318,11 @@ class ConvolutionLayer(BaseConvolutionLayer):
             geo.to_columns(xs, n, col)
         return col
 
-    def _forward_per_image(self, x, y, bias):
+    def _forward_per_image(self, x, y, bias, lo, hi):
         G, M, K, P = self.group, self.num_output, self.geo.rows, self.geo.P
         Wg = self.blobs[0].flat_data.reshape(G, M // G, K // G)
-        col_buf = self.buffers.get("col", K * self.chunk * P)
-        for n0, n in self._chunks():
+        col_buf = self.buffers.get("col", K * min(self.chunk, hi - lo) * P)
+        for n0, n in self._chunks(lo, hi):
             col = self._columns(x, n0, n, col_buf[:K * n * P])
             ys = y[n0 * M * P:(n0 + n) * M * P]
             if G == 1:
@@ -289,22 +332,23 @@ class ConvolutionLayer(BaseConvolutionLayer):
             if self.bias_term:
                 pick(add_bias, ys.size)(ys, n, M, P, bias)
 
-    def _backward_per_image(self, x, dy, dx, want_w, want_b, db, want_dx):
+    def _backward_per_image(self, x, dy, dx, want_w, want_b, dW, db, want_dx, lo, hi, cached):
         geo = self.geo
         G, M, K, P = self.group, self.num_output, geo.rows, geo.P
         Mg, Kg = M // G, K // G
         if want_b:
-            pick(bias_grad, dy.size)(dy, self.num, M, P, db)
+            pick(bias_grad, (hi - lo) * M * P)(dy[lo * M * P:hi * M * P], hi - lo, M, P, db)
         WgT = self.blobs[0].flat_data.reshape(G, Mg, Kg).transpose(0, 2, 1)
-        dW = self.blobs[0].flat_diff
-        col_buf = self.buffers.get("col", K * self.chunk * P)
+        # Forward's columns are still there only if no other layer took this thread's buffer since.
+        cached = cached and self.buffers.holds("col")
+        col_buf = self.buffers.get("col", K * min(self.chunk, hi - lo) * P)
         dW_tmp = self.buffers.get("dW", M * Kg).reshape(G, Mg, Kg)
-        for n0, n in self._chunks():
+        for n0, n in self._chunks(lo, hi):
             dy4 = dy[n0 * M * P:(n0 + n) * M * P].reshape(n, G, Mg, P)
             dxs = dx[n0 * geo.image_size:(n0 + n) * geo.image_size]
             col = col_buf[:K * n * P]
             if want_w:
-                if not self._cached or geo.identity:
+                if not cached or geo.identity:
                     col = self._columns(x, n0, n, col)
                 self._weight_grad_per_image(dy4, col.reshape(n, G, Kg, P), dW_tmp)
                 dW += dW_tmp.reshape(-1)
@@ -313,7 +357,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     np.matmul(WgT, dy4, out=dxs.reshape(n, G, Kg, P))
                 else:
                     np.matmul(WgT, dy4, out=col.reshape(n, G, Kg, P))
-                    self._cached = False
+                    cached = False
                     geo.col2im(col, P, K * P, n, dxs)
 
     def _weight_grad_per_image(self, dy4, col4, out):
@@ -331,32 +375,32 @@ class ConvolutionLayer(BaseConvolutionLayer):
             np.sum(t4, axis=0, out=part)
             out += part
 
-    def _forward_rows(self, x, y, bias):
+    def _forward_rows(self, x, y, bias, lo, hi):
         G, M, K, P = self.group, self.num_output, self.geo.rows, self.geo.P
         Wg = self.blobs[0].flat_data.reshape(G, M // G, K // G)
-        col_buf = self.buffers.get("col", K * self.chunk * P)
-        for n0, n in self._chunks():
+        col_buf = self.buffers.get("col", K * min(self.chunk, hi - lo) * P)
+        for n0, n in self._chunks(lo, hi):
             col = self._columns(x, n0, n, col_buf[:K * n * P])
             out = self.buffers.get("rows", M * n * P)
             _gemm(Wg, col.reshape(G, K // G, n * P), out.reshape(G, M // G, n * P))
             pick(from_rows, out.size)(out, n, M, P, bias, self.bias_term, y[n0 * M * P:(n0 + n) * M * P])
 
-    def _backward_rows(self, x, dy, dx, want_w, want_b, db, want_dx):
+    def _backward_rows(self, x, dy, dx, want_w, want_b, dW, db, want_dx, lo, hi, cached):
         geo = self.geo
         G, M, K, P = self.group, self.num_output, geo.rows, geo.P
         Mg, Kg = M // G, K // G
         WgT = self.blobs[0].flat_data.reshape(G, Mg, Kg).transpose(0, 2, 1)
-        dW = self.blobs[0].flat_diff
-        col_buf = self.buffers.get("col", K * self.chunk * P)
+        cached = cached and self.buffers.holds("col")
+        col_buf = self.buffers.get("col", K * min(self.chunk, hi - lo) * P)
         dW_tmp = self.buffers.get("dW", M * Kg).reshape(G, Mg, Kg)
         dWT_tmp = self.buffers.get("dW", M * Kg).reshape(G, Kg, Mg)
-        for n0, n in self._chunks():
+        for n0, n in self._chunks(lo, hi):
             col = col_buf[:K * n * P]
             rows = self.buffers.get("rows", M * n * P)
             pick(to_rows, rows.size)(dy[n0 * M * P:(n0 + n) * M * P], n, M, P, rows, db, want_b)  # db += sum dy
             rows_g = rows.reshape(G, Mg, n * P)
             if want_w:
-                if not self._cached:
+                if not cached:
                     col = self._columns(x, n0, n, col)
                 if self.blobs[0].count <= SMALL_WEIGHTS:
                     # dW.T = col @ rows.T: OpenBLAS runs this form faster than rows @ col.T
@@ -368,7 +412,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     dW += dW_tmp.reshape(-1)
             if want_dx:
                 _gemm(WgT, rows_g, col.reshape(G, Kg, n * P))
-                self._cached = False
+                cached = False
                 geo.from_columns(col, n, dx[n0 * geo.image_size:(n0 + n) * geo.image_size])
 
     # -- NHWC: (N * P, K) columns of NHWC pixels ------------------------------------
@@ -379,7 +423,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         xh = self.buffers.get("nhwc", n * geo.image_size)
         pick(to_cols, xh.size)(x[n0 * geo.image_size:(n0 + n) * geo.image_size], n, geo.C, geo.isize, xh, NO_BIAS,
                                False)
-        col = self.buffers.get("col", geo.rows * self.chunk * geo.P)[:geo.rows * n * geo.P]
+        col = self.buffers.get("col", geo.rows * n * geo.P)
         pick(im2col_nhwc, col.size)(xh, n, geo.C, *geo.args_2d, col)
         return col.reshape(n * geo.P, geo.rows)
 
@@ -390,33 +434,34 @@ class ConvolutionLayer(BaseConvolutionLayer):
         np.copyto(Wp, self.blobs[0].data.reshape(M, C, -1).transpose(0, 2, 1))
         return Wp.reshape(M, -1)
 
-    def _forward_nhwc(self, x, y, bias):
+    def _forward_nhwc(self, x, y, bias, lo, hi):
         M, P = self.num_output, self.geo.P
         Wp = self._nhwc_weights()
-        for n0, n in self._chunks():
+        for n0, n in self._chunks(lo, hi):
             out = self.buffers.get("rows", n * P * M).reshape(n * P, M)
             np.matmul(self._nhwc_columns(x, n0, n), Wp.T, out=out)
             pick(from_cols, out.size)(out.reshape(-1), n, M, P, bias, self.bias_term, y[n0 * M * P:(n0 + n) * M * P])
 
-    def _backward_nhwc(self, x, dy, dx, want_w, want_b, db, want_dx):
+    def _backward_nhwc(self, x, dy, dx, want_w, want_b, dW, db, want_dx, lo, hi, cached):
         geo = self.geo
         M, K, P, C = self.num_output, geo.rows, geo.P, geo.C
         Wp = self._nhwc_weights()
-        dW = self.blobs[0].diff.reshape(M, C, -1)
+        dW = dW.reshape(M, C, -1)
         dWp = self.buffers.get("dW", M * K).reshape(M, K)
-        for n0, n in self._chunks():
+        cached = cached and self.buffers.holds("col")
+        for n0, n in self._chunks(lo, hi):
             dyT = self.buffers.get("rows", n * P * M)
             pick(to_cols, dyT.size)(dy[n0 * M * P:(n0 + n) * M * P], n, M, P, dyT, db, want_b)  # db += sum dy
             dyT = dyT.reshape(n * P, M)
-            col = self.buffers.get("col", K * self.chunk * P)[:K * n * P].reshape(n * P, K)
+            col = self.buffers.get("col", K * n * P).reshape(n * P, K)
             if want_w:
-                if not self._cached:
+                if not cached:
                     col = self._nhwc_columns(x, n0, n)
                 np.matmul(dyT.T, col, out=dWp)
                 dW += dWp.reshape(M, -1, C).transpose(0, 2, 1)
             if want_dx:
                 np.matmul(dyT, Wp, out=col)
-                self._cached = False
+                cached = False
                 xh = self.buffers.get("nhwc", n * geo.image_size)
                 pick(col2im_nhwc, col.size)(col.reshape(-1), n, C, *geo.args_2d, xh)
                 pick(from_cols, xh.size)(xh, n, C, geo.isize, NO_BIAS, False,

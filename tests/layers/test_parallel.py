@@ -221,3 +221,99 @@ def test_the_twins_run_only_with_threads_and_enough_work(monkeypatch):
     for plain, twin in _twins.items():
         assert twin.__name__ == plain.__name__ + "_parallel"
         assert twin.targetoptions.get("parallel") is True
+
+
+# ---------------------------------------------------------------- image shares on a team of threads
+
+def test_a_team_runs_each_share_on_its_own_fixed_thread_serially_and_raises_a_shares_error(monkeypatch):
+    import threading
+
+    from numcaffe.layers.parallel import in_share, team
+    threads.set_threads(2)
+    monkeypatch.setattr(threads, "PARALLEL_MIN", 1)
+    seen = team().run(lambda t: (t, threading.get_ident(), in_share(), parts(1 << 30)), 2)
+    assert [s[0] for s in seen] == [0, 1]
+    assert seen[0][1] == threading.get_ident() != seen[1][1]       # share 0 on the caller
+    assert all(s[2] and s[3] == 1 for s in seen)                   # loops inside a share stay serial
+    assert team().run(lambda t: threading.get_ident(), 2) == [s[1] for s in seen]
+    assert not in_share() and parts(1 << 30) == 2
+
+    def fail(t):
+        if t == 1:
+            raise ValueError("share 1 failed")
+        return t
+    with pytest.raises(ValueError, match="share 1 failed"):
+        team().run(fail, 2)
+    assert team().run(lambda t: t, 2) == [0, 1]                     # the team still serves
+
+
+def test_openblas_is_held_at_one_thread_inside_a_team_and_given_back_after():
+    from threadpoolctl import threadpool_info
+
+    from numcaffe.layers.parallel import team
+
+    def blas():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    threads.set_threads(2)
+    inside = team().run(lambda t: blas(), 2)
+    assert all(b == [1] * len(b) and b for b in inside)
+    assert blas() and all(n == 2 for n in blas())
+
+
+def test_image_shares_need_threads_images_and_work(monkeypatch):
+    from numcaffe.layers import parallel
+    threads.set_threads(2)
+    assert parallel.image_shares(8, 2 * parallel.SHARE_MIN) == 2
+    assert parallel.image_shares(8, 2 * parallel.SHARE_MIN - 2) == 1
+    assert parallel.image_shares(1, 1 << 40) == 1
+    monkeypatch.setattr(parallel, "_blas", ())                      # no threadpoolctl: OpenBLAS cannot be held
+    assert parallel.image_shares(8, 1 << 40) == 1
+    threads.set_threads(1)
+    monkeypatch.undo()
+    assert parallel.image_shares(8, 1 << 40) == 1
+
+
+CONV_CASES = {   # each layout of layers/conv.py, with odd batch and group sizes
+    "per_image": ("num_output: 6 kernel_size: 3 pad: 1", (5, 4, 17, 16)),
+    "per_image groups": ("num_output: 6 kernel_size: 3 pad: 1 group: 2", (3, 4, 17, 16)),
+    "per_image 1x1": ("num_output: 6 kernel_size: 1", (3, 4, 17, 16)),
+    "rows": ("num_output: 6 kernel_size: 1 stride: 2", (5, 4, 9, 9)),
+    "rows groups": ("num_output: 6 kernel_size: 3 group: 2", (5, 4, 9, 9)),
+    "nhwc": ("num_output: 7 kernel_size: 3 pad: 1", (5, 4, 6, 6)),
+    "depthwise": ("num_output: 8 kernel_size: 3 pad: 1 stride: 2 group: 4", (5, 4, 9, 9)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_a_convolution_in_image_shares_gives_the_whole_batch_numbers(case, monkeypatch, tmp_path):
+    from numcaffe.layers import parallel
+    from numcaffe.net.pycaffe import pycaffe as caffe
+    conv, shape = CONV_CASES[case]
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(f'force_backward: true input: "data" input_shape {{ {" ".join(f"dim: {d}" for d in shape)} }}\n'
+                     f'layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param {{ '
+                     f'{conv} weight_filler {{ type: "gaussian" std: 0.3 }} bias_filler {{ type: "gaussian" }} }} }}')
+    results = []
+    for shares_min in (1 << 62, 1):            # the whole batch on this thread, then image shares
+        monkeypatch.setattr(parallel, "SHARE_MIN", shares_min)
+        threads.set_threads(2)
+        net = caffe.Net(str(proto), caffe.TEST)
+        layer = net.layers[1]
+        assert layer.layout == case.split()[0]
+        assert layer._shares() == (2 if shares_min == 1 else 1)
+        r = np.random.default_rng(3)
+        for blob in layer.blobs:
+            blob.data[...] = r.standard_normal(blob.shape)
+            blob.diff[...] = 0.5                          # gradients add to what is there
+        net.blobs["data"].data[...] = r.standard_normal(shape)
+        net.forward()
+        net.blobs["conv"].diff[...] = r.standard_normal(net.blobs["conv"].shape)
+        net.backward()
+        results.append([net.blobs["conv"].data.copy(), net.blobs["data"].diff.copy()]
+                       + [b.diff.copy() for b in layer.blobs])
+    # top, bottom diff, weight and bias diffs: OpenBLAS blocks a GEMM of fewer images differently,
+    # and the parameter gradients are summed share by share, so float order differs
+    whole, shared = results
+    for a, b in zip(whole, shared):
+        assert np.abs(a).max() > 0.1
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(a).max()))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
+from numcaffe.layers import parallel
 from numcaffe.net import threads
 from numcaffe.net.errors import ConfigError
 from numcaffe.solvers import get_solver
@@ -68,7 +69,8 @@ def test_set_threads_gives_numba_and_openblas_the_same_count():
 
 # ------------------------------------------------------------------ training at 1 and 2 threads
 
-#: every layer family with a parallel twin: conv (per image, rows and NHWC layouts), BatchNorm with
+#: every layer family with a parallel twin: conv (per image, rows and NHWC layouts, each in image
+#: shares at 2 threads; conv1's input gets no gradient, so its shares sum only dW), BatchNorm with
 #: batch statistics, Scale, ReLU, max and average pooling, Eltwise SUM, the SGD update
 NET = """
 name: "twins"
@@ -110,8 +112,10 @@ def train(n_threads, iters=3):
 
 @pytest.fixture
 def every_twin(monkeypatch):
-    """Loops of any size take the twins (the threshold is for speed, not for the numbers)."""
+    """Loops of any size take the twins, and convolutions of any size cut their batch into image
+    shares (the thresholds are for speed, not for the numbers)."""
     monkeypatch.setattr(threads, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(parallel, "SHARE_MIN", 1)
 
 
 def test_a_training_iteration_at_1_and_2_threads_agrees_to_float_tolerance(every_twin):
