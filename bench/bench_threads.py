@@ -5,7 +5,7 @@
 
 Per net and thread count, in a fresh process each (the pools are sized before numpy loads):
 
-* ``infer``: a forward pass (numcaffe's Forward, torch's forward under ``no_grad``);
+* ``infer``: a forward pass (numcaffe's Forward of the net as deployed, no ``force_backward``; torch's forward under ``no_grad``);
 * ``train``: a whole training iteration: parameter diffs cleared, forward, backward with
   output diffs of ones, and an SGD update with momentum 0.9 and L2 weight decay over every
   parameter (numcaffe through SGDSolver's own regularize / update / subtract, torch through
@@ -60,7 +60,7 @@ def numcaffe_worker(name, workdir, rounds, per_layer):
     from numcaffe.net import threads
     from numcaffe.net.proto import caffe_pb2
     from numcaffe.solvers.sgd import SGDSolver, step
-    net, _ = zoo.numcaffe_net(name, workdir)
+    net, deployed, _ = zoo.numcaffe_net(name, workdir)
     for n in net.outputs:
         net.blobs[n].diff[...] = 1.0
     params = net.learnable_params
@@ -77,7 +77,7 @@ def numcaffe_worker(name, workdir, rounds, per_layer):
             step(blob)
 
     def infer():
-        net.Forward()
+        deployed.Forward()
 
     def train():
         net.ClearParamDiffs()
@@ -87,7 +87,7 @@ def numcaffe_worker(name, workdir, rounds, per_layer):
     out = {"infer": zoo.best_of(infer, rounds), "train": zoo.best_of(train, rounds),
            "threads": threads.count(), "info": zoo.blas_info()}
     if per_layer:
-        out["layers"] = zoo.numcaffe_times(net, rounds, True)["layers"]
+        out["layers"] = zoo.numcaffe_times(net, deployed, rounds, True)["layers"]
     return out
 
 

@@ -11,7 +11,8 @@ OpenBLAS's threads in this process), gets numcaffe's
 weights and input copied in, and reports the max relative difference of the outputs
 (``diff``, a sanity column: float32 summation order alone gives ~1e-6).
 
-Per net: ``fwd`` = numcaffe forward / torch forward under ``no_grad``; ``f+b`` = numcaffe
+Per net: ``fwd`` = numcaffe forward of the net as deployed (no ``force_backward``: no layer
+keeps anything for backward) / torch forward under ``no_grad``; ``f+b`` = numcaffe
 forward + backward (``force_backward``, output diffs of ones, parameter diffs cleared
 first) / torch forward + backward (input and every parameter get gradients, as
 numcaffe's).  Times are the minimum over ``--rounds`` rounds of wall time, after one
@@ -120,15 +121,24 @@ def numcaffe_net(name, workdir):
         f.write(param.SerializeToString())
     input_diff = any(net.bottom_need_backward[i][j] for i in range(len(net.layers))
                      for j, b in enumerate(net._bottom_names[i]) if b in net.inputs)
-    return net, input_diff
+    # Inference runs the net as deployed: no force_backward, so no layer keeps anything for a
+    # backward pass (as torch's no_grad keeps nothing); same weights and input.
+    param.force_backward = False
+    infer = Net(param, 1)
+    for layer, twin in zip(net.layers, infer.layers):
+        for b, c in zip(layer.blobs, twin.blobs):
+            c.data[...] = b.data
+    for n in net.inputs:
+        infer.blobs[n].data[...] = net.blobs[n].data
+    return net, infer, input_diff
 
 
-def numcaffe_times(net, rounds, per_layer):
+def numcaffe_times(net, infer, rounds, per_layer):
     for n in net.outputs:
         net.blobs[n].diff[...] = 1.0
 
     def fwd():
-        net.Forward()
+        infer.Forward()
 
     def fwd_bwd():
         net.ClearParamDiffs()
@@ -140,11 +150,12 @@ def numcaffe_times(net, rounds, per_layer):
         f = {n: math.inf for n in names}
         b = {n: math.inf for n in names}
         for _ in range(rounds + 1):
-            net.ClearParamDiffs()
-            for i, layer in enumerate(net.layers):
+            for i, layer in enumerate(infer.layers):
                 t0 = time.perf_counter()
-                layer.Forward(net.bottom_vecs[i], net.top_vecs[i])
+                layer.Forward(infer.bottom_vecs[i], infer.top_vecs[i])
                 f[names[i]] = min(f[names[i]], time.perf_counter() - t0)
+            net.ClearParamDiffs()
+            net.Forward()
             for i in range(len(net.layers) - 1, -1, -1):
                 if net.layer_need_backward[i]:
                     t0 = time.perf_counter()
@@ -310,9 +321,9 @@ def main():
     nc, th = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench_zoo_") as workdir:
         for name in args.nets:
-            net, input_diff = numcaffe_net(name, workdir)
-            nc[name] = numcaffe_times(net, args.rounds, name == args.layers)
-            del net
+            net, infer, input_diff = numcaffe_net(name, workdir)
+            nc[name] = numcaffe_times(net, infer, args.rounds, name == args.layers)
+            del net, infer
             spec = json.dumps({"dir": workdir, "input_diff": {name: input_diff}})
             cmd = [sys.executable, os.path.abspath(__file__), "--nets", name, "--threads",
                    str(args.threads), "--rounds", str(args.rounds), "--torch-worker", spec]

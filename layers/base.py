@@ -79,6 +79,9 @@ class Layer:
     default_loss_weight = 0.0
     #: Whether ``force_backward`` may request a gradient for the given bottom.
     force_backward_bottoms = True
+    #: False when the net will never run this layer's backward (net/net.py sets it from its
+    #: backward analysis): forward may then skip what it keeps for backward.
+    backward_wanted = True
 
     def __init__(self, param):
         self.layer_param = param

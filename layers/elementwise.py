@@ -414,16 +414,15 @@ class ScaleLayer(Layer):
             if b.count != self.dim:
                 raise self.shape_error(f"the bias of shape {b.shape} does not match the scale's "
                                        f"{self._scale(bottom).shape}")
-        if top[0] is bottom[0]:
-            if self._x_copy.size < bottom[0].count:
-                self._x_copy = np.zeros(bottom[0].count, dtype=np.float32)
-        else:
+        if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
 
     def Forward_cpu(self, bottom, top):
         x = bottom[0].flat_data
-        if top[0] is bottom[0]:
-            # In place: keep x for the scale gradient.
+        if top[0] is bottom[0] and self.backward_wanted:
+            # In place: keep x for the scale gradient (inference has no use for it, nor the memory).
+            if self._x_copy.size < x.size:
+                self._x_copy = np.empty(x.size, dtype=np.float32)
             self._x_copy[: x.size] = x
             x = self._x_copy[: x.size]
         y = top[0].flat_data

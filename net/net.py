@@ -337,6 +337,8 @@ class Net:
             self.bottom_need_backward.append(need)
             self.layer_need_backward.append(layer_needs)
         self._prune_backward(param)
+        for layer, need in zip(self.layers, self.layer_need_backward):
+            layer.backward_wanted = need     # Backward never runs a layer that needs none
         for i in range(len(self.layers) - 1, -1, -1):
             log.info("%s %s backward computation.", self._layer_names[i],
                      "needs" if self.layer_need_backward[i] else "does not need")

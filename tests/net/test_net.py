@@ -223,6 +223,29 @@ def test_force_backward_reaches_the_inputs_but_not_labels():
     np.testing.assert_allclose(grads["x"], numeric_input_gradient(net, "x"), rtol=2e-2, atol=2e-3)
 
 
+def test_layers_know_whether_backward_runs_and_an_in_place_scale_keeps_its_input_only_then():
+    scale = 'layer { name: "s" type: "Scale" bottom: "y" top: "y" scale_param { bias_term: true } }\n'
+    loss = 'layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }\n'
+    deployed = make_net(INPUT + ip("a", "x", "y") + scale, phase=TEST)     # nothing to learn from
+    trained = make_net(INPUT + ip("a", "x", "y") + scale + loss)
+    assert [l.backward_wanted for l in deployed.layers] == deployed.layer_need_backward == [False] * 3
+    assert [l.backward_wanted for l in trained.layers] == trained.layer_need_backward == [False, True, True, True]
+    for net in (deployed, trained):
+        fill_inputs(net)
+        net.params["s"][0].data[...] = [1.5, -2.0]
+        net.Forward()
+    np.testing.assert_array_equal(deployed.blobs["y"].data, trained.blobs["y"].data)
+    assert deployed.layer_dict["s"]._x_copy.size == 0                # inference keeps no copy
+    assert trained.layer_dict["s"]._x_copy.size == 6
+    trained.Backward()
+    # the scale's gradient reads the kept input h: y = gamma * h + beta, d loss / d y = (y - t) / 3
+    y = trained.blobs["y"].data
+    h = (y - trained.params["s"][1].data) / np.array([1.5, -2.0], dtype=np.float32)
+    dy = (y - trained.blobs["t"].data) / 3
+    assert np.abs(trained.params["s"][0].diff).max() > 0.01
+    np.testing.assert_allclose(trained.params["s"][0].diff, (dy * h).sum(0), rtol=1e-5, atol=1e-6)
+
+
 def test_pycaffe_style_forward_backward_with_arguments():
     net = make_net(INPUT + ip("a", "x", "y"))
     x = np.ones((5, 4), np.float32)
