@@ -74,11 +74,14 @@ class Team:
     Share 0 runs on the caller and share t on worker t, always the same thread, so what a share
     left in its thread's workspace (layers/workspace.py: forward's columns) is there for the same
     share in backward.  The kernels a share calls release the GIL (``nogil``), as numpy's GEMM does.
+    Passes from several threads at once (two nets run by a program's own threads) take the team in
+    turn; a share's cached columns are then simply not found (layers/workspace.py), never wrong.
     """
 
     def __init__(self, size):
         self.size = size
         self.pid = os.getpid()
+        self.lock = threading.Lock()
         self.inbox = [queue.SimpleQueue() for _ in range(size - 1)]
         self.outbox = queue.SimpleQueue()
         for i, box in enumerate(self.inbox):
@@ -101,7 +104,7 @@ class Team:
         """``[fn(0), ..., fn(shares - 1)]``, each on its own thread, OpenBLAS at one thread meanwhile.
         An exception in any share is raised here once every share has finished."""
         results, errors = [None] * shares, [None] * shares
-        with _blas_one_thread():
+        with self.lock, _blas_one_thread():
             for t in range(1, shares):
                 self.inbox[t - 1].put((fn, t))
             _local.share = True

@@ -317,3 +317,41 @@ def test_a_convolution_in_image_shares_gives_the_whole_batch_numbers(case, monke
     for a, b in zip(whole, shared):
         assert np.abs(a).max() > 0.1
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(a).max()))
+
+
+def test_nets_run_by_two_threads_at_once_take_the_team_in_turn_and_get_their_own_numbers(monkeypatch, tmp_path):
+    import threading
+
+    from numcaffe.layers import parallel
+    from numcaffe.net.pycaffe import pycaffe as caffe
+    monkeypatch.setattr(parallel, "SHARE_MIN", 1)
+    threads.set_threads(2)
+    proto = tmp_path / "net.prototxt"
+    proto.write_text('force_backward: true input: "data" input_shape { dim: 6 dim: 3 dim: 16 dim: 16 }\n'
+                     'layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { '
+                     'num_output: 5 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }\n'
+                     'layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" convolution_param { '
+                     'num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 } } }\n')
+
+    def run(seed, out, rounds):
+        net = caffe.Net(str(proto), caffe.TEST)
+        r = np.random.default_rng(seed)
+        for blob in [net.blobs["data"]] + [b for name in ("c1", "c2") for b in net.params[name]]:
+            blob.data[...] = r.standard_normal(blob.shape)
+        for _ in range(rounds):
+            net.clear_param_diffs()
+            net.forward()
+            net.blobs["c2"].diff[...] = 1.0
+            net.backward()
+        out[seed] = [net.blobs["c2"].data.copy(), net.blobs["data"].diff.copy(), net.params["c1"][0].diff.copy()]
+    alone, together = {}, {}
+    for seed in (1, 2):
+        run(seed, alone, 1)
+    workers = [threading.Thread(target=run, args=(seed, together, 20)) for seed in (1, 2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for seed in (1, 2):
+        for a, b in zip(alone[seed], together[seed]):
+            same(a, b)
