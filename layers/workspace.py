@@ -7,6 +7,10 @@ four column buffers, 33 MB, and now hold one, 13 MB).  Arrays grow to the larges
 request (conv.py's ``COL_LIMIT`` bounds the biggest).  Each name remembers which
 layer took it last, so a layer knows whether what it wrote there (forward's columns)
 is still there.  The arrays are freed when the last layer made on the thread is gone.
+
+The worker threads of layers/parallel.py's ``Team`` (a convolution's image shares) have
+workspaces of their own; no layer is made on them, so theirs live as long as the process, each
+at most one chunk of columns (``COL_LIMIT``) plus a layer's parameter-gradient sums.
 """
 import threading
 import weakref
