@@ -18,7 +18,6 @@ import math
 
 from numba import njit
 
-from numcaffe.net.errors import ConfigError
 from numcaffe.solvers.sgd import SGDSolver
 from numcaffe.solvers.solver import register_solver
 
@@ -62,8 +61,8 @@ def adam_update(g, m, v, step_rate, beta1, beta2, eps):
 
 def _no_momentum(solver):
     if solver.param.momentum != 0:
-        raise ConfigError(f"momentum cannot be used with {solver.type_name} (momentum is "
-                          f"{solver.param.momentum}; remove it or set it to 0)")
+        raise solver.config_error(f"momentum cannot be used with {solver.type_name} (momentum is "
+                                  f"{solver.param.momentum}; remove it or set it to 0)")
 
 
 @register_solver("AdaGrad")
@@ -87,7 +86,7 @@ class RMSPropSolver(SGDSolver):
     def pre_solve(self):
         _no_momentum(self)
         if not 0 <= self.param.rms_decay < 1:
-            raise ConfigError(f"rms_decay should lie between 0 and 1 (got {self.param.rms_decay})")
+            raise self.config_error(f"rms_decay should lie between 0 and 1 (got {self.param.rms_decay})")
         super().pre_solve()
 
     def compute_update_value(self, param_id, rate):

@@ -89,7 +89,11 @@ def get_solver(solver, **kwargs):
     if not isinstance(solver, caffe_pb2.SolverParameter):
         kwargs.setdefault("source", os.fspath(solver))
         solver = read_solver_param(solver)
-    return solver_class(solver.type)(solver, **kwargs)
+    try:
+        cls = solver_class(solver.type)
+    except ConfigError as e:
+        raise ConfigError(f"{kwargs['source']}: {e}" if kwargs.get("source") else str(e)) from None
+    return cls(solver, **kwargs)
 
 
 def _quiet_fp(method):
@@ -262,19 +266,23 @@ class Solver:
         return [(name, float(s) / self.comm.size) for (name, _), s in zip(values, sums)]
 
     # -- configuration --------------------------------------------------------------
+    def config_error(self, message):
+        """A ConfigError about the solver's settings, naming the solver file when there is one."""
+        return ConfigError(f"{self.source}: {message}" if self.source else message)
+
     def _check_param(self):
         p = self.param
         if p.average_loss < 1:
-            raise ConfigError(f"average_loss must be >= 1 (got {p.average_loss})")
+            raise self.config_error(f"average_loss must be >= 1 (got {p.average_loss})")
         if p.iter_size < 1:
-            raise ConfigError(f"iter_size must be >= 1 (got {p.iter_size})")
+            raise self.config_error(f"iter_size must be >= 1 (got {p.iter_size})")
         if p.regularization_type not in ("L1", "L2"):
-            raise ConfigError(f"unknown regularization_type {p.regularization_type!r} (expected L2 or L1)")
+            raise self.config_error(f"unknown regularization_type {p.regularization_type!r} (expected L2 or L1)")
         for name in ("max_iter", "display", "snapshot", "test_interval"):
             if getattr(p, name) < 0:
-                raise ConfigError(f"{name} must be >= 0 (got {getattr(p, name)})")
+                raise self.config_error(f"{name} must be >= 0 (got {getattr(p, name)})")
         if any(t < 0 for t in p.test_iter):
-            raise ConfigError(f"test_iter must be >= 0 (got {list(p.test_iter)})")
+            raise self.config_error(f"test_iter must be >= 0 (got {list(p.test_iter)})")
         lr_policy.check_policy(p, self.source)
         if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             from numcaffe.net.hdf5 import require_h5py
@@ -321,10 +329,10 @@ class Solver:
         p = self.param
         given = [f for f in ("net", "net_param", "train_net", "train_net_param") if p.HasField(f)]
         if not given:
-            raise ConfigError("the solver names no train net; give one of net, net_param, train_net, "
-                              "train_net_param")
+            raise self.config_error("the solver names no train net; give one of net, net_param, train_net, "
+                                    "train_net_param")
         if len(given) > 1:
-            raise ConfigError(f"the solver gives more than one train net ({', '.join(given)}); keep one")
+            raise self.config_error(f"the solver gives more than one train net ({', '.join(given)}); keep one")
         field = given[0]
         if field.endswith("_param"):
             log.info("Creating training net specified in %s.", field)
@@ -341,17 +349,17 @@ class Solver:
         num_specific = len(p.test_net_param) + len(p.test_net)
         if generic:
             if len(p.test_iter) < num_specific:
-                raise ConfigError(f"test_iter must be given for each test net ({num_specific} test nets, "
-                                  f"{len(p.test_iter)} test_iter)")
+                raise self.config_error(f"test_iter must be given for each test net ({num_specific} test nets, "
+                                        f"{len(p.test_iter)} test_iter)")
         elif len(p.test_iter) != num_specific:
-            raise ConfigError(f"test_iter must be given once for each test net ({num_specific} test nets, "
-                              f"{len(p.test_iter)} test_iter)")
+            raise self.config_error(f"test_iter must be given once for each test net ({num_specific} test nets, "
+                                    f"{len(p.test_iter)} test_iter)")
         count = num_specific + (len(p.test_iter) - num_specific)
         if len(p.test_state) and len(p.test_state) != count:
-            raise ConfigError(f"test_state must be given once per test net or not at all "
-                              f"({count} test nets, {len(p.test_state)} test_state)")
+            raise self.config_error(f"test_state must be given once per test net or not at all "
+                                    f"({count} test nets, {len(p.test_state)} test_state)")
         if count and p.test_interval <= 0:
-            raise ConfigError(f"the solver has {count} test net(s) but no test_interval > 0")
+            raise self.config_error(f"the solver has {count} test net(s) but no test_interval > 0")
         specs = []
         for tp in p.test_net_param:
             specs.append(("test_net_param", tp, self.base_dir, "<solver test_net_param>"))
@@ -379,22 +387,22 @@ class Solver:
         self.early_stop = None
         if p.lr_policy == "plateau":
             if not p.plateau_monitor:
-                raise ConfigError("lr_policy 'plateau' needs plateau_monitor: the name of a test net output")
+                raise self.config_error("lr_policy 'plateau' needs plateau_monitor: the name of a test net output")
             self._check_monitor("plateau", p.plateau_monitor, p.plateau_test_net)
             self.plateau = lr_policy.PlateauState(p.plateau_mode, p.plateau_threshold, p.plateau_patience)
         if p.early_stop_monitor:
             self._check_monitor("early_stop", p.early_stop_monitor, p.early_stop_test_net)
             if p.early_stop_patience < 0:
-                raise ConfigError(f"early_stop_patience must be >= 0 (got {p.early_stop_patience})")
+                raise self.config_error(f"early_stop_patience must be >= 0 (got {p.early_stop_patience})")
             self.early_stop = lr_policy.MonitorState(p.early_stop_mode)
 
     def _check_monitor(self, what, name, net_id):
         if not 0 <= net_id < len(self.test_nets):
-            raise ConfigError(f"{what}_test_net is {net_id} but the solver has {len(self.test_nets)} test net(s)")
+            raise self.config_error(f"{what}_test_net is {net_id} but the solver has {len(self.test_nets)} test net(s)")
         outputs = self.test_nets[net_id].outputs
         if name not in outputs:
-            raise ConfigError(f"{what}_monitor {name!r} is not an output of test net #{net_id} "
-                              f"(its outputs: {', '.join(outputs) or 'none'})")
+            raise self.config_error(f"{what}_monitor {name!r} is not an output of test net #{net_id} "
+                                    f"(its outputs: {', '.join(outputs) or 'none'})")
 
     def copy_weights(self, weights):
         """Initialize the train and test nets from weights files (comma-separated), by layer name."""

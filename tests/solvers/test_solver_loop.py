@@ -369,3 +369,25 @@ def test_relative_net_path_is_opened_from_the_working_directory_first(workdir, t
     assert "Dropout" in [layer.type for layer in make(workdir).net.layers]
     (elsewhere / "net.prototxt").unlink()
     assert "Dropout" not in [layer.type for layer in make(workdir).net.layers]
+
+
+@pytest.mark.parametrize("text", [
+    'net: "net.prototxt" lr_policy: "fixed" average_loss: 0',
+    'net: "net.prototxt" lr_policy: "fixed" iter_size: 0',
+    'net: "net.prototxt" lr_policy: "fixed" display: -1',
+    'net: "net.prototxt" lr_policy: "fixed" regularization_type: "L3"',
+    'base_lr: 0.1 lr_policy: "fixed"',
+    'net: "net.prototxt" test_iter: 2 lr_policy: "fixed"',
+    'net: "net.prototxt" lr_policy: "plateau"',
+    'net: "net.prototxt" lr_policy: "fixed" type: "Adam2"',
+    'net: "net.prototxt" lr_policy: "fixed" type: "AdaGrad" momentum: 0.9',
+    'net: "net.prototxt" lr_policy: "fixed" type: "RMSProp" rms_decay: 1.5',
+    'net: "net.prototxt" test_iter: 1 test_interval: 1 lr_policy: "fixed" early_stop_monitor: "acc" '
+    'early_stop_patience: -1',
+])
+def test_every_bad_solver_setting_names_the_solver_file(workdir, text):
+    path = write_solver(workdir, text)
+    with pytest.raises(ConfigError) as err:
+        get_solver(str(path)).step(1)
+    assert str(err.value).startswith(f"{path}: ")
+    assert str(err.value).count(str(path)) == 1
