@@ -113,6 +113,9 @@ def run(args):
             TensorBoardWriter(args.tensorboard, histograms=args.tensorboard_histograms)
         elif args.tensorboard_histograms:
             raise ConfigError("--tensorboard-histograms needs --tensorboard DIR")
+        if args.plot:         # rank 0 will draw it: a format matplotlib cannot write fails now, in one line
+            from numcaffe.tools.plot import check_format
+            check_format(args.plot)
         if args.procs > cores():
             log.warning("--procs %d: more processes than the %d core(s) this machine gives numcaffe; they take turns "
                         "(oversubscribed), which works but is usually slower than --procs %d", args.procs, cores(),

@@ -132,3 +132,13 @@ def test_open_mpi_reports_become_one_line(report, seen, expected):
     procs.relay(io.BytesIO(lines.encode()), out)
     head = ("numcaffe: error: rank 1: bad\n" if seen else "") + "I1203 log line\n"
     assert out.getvalue() == head + expected
+
+
+def test_procs_refuses_a_plot_format_in_the_launcher_before_any_rank_starts(monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr(procs, "launch", lambda n, argv, log: started.append((n, argv)) or 0)
+    assert main(["train", "--solver", "x.prototxt", "--procs", "2", "--plot", "curves.xyz"]) == 1
+    assert not started
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("numcaffe: error: curves.xyz: unsupported plot format '.xyz'")
+    assert main(["train", "--solver", "x.prototxt", "--procs", "2", "--plot", "curves.png"]) == 0 and started
