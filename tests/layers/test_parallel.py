@@ -355,3 +355,31 @@ def test_nets_run_by_two_threads_at_once_take_the_team_in_turn_and_get_their_own
     for seed in (1, 2):
         for a, b in zip(alone[seed], together[seed]):
             same(a, b)
+
+
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+def test_lrn_in_image_shares_gives_bitwise_the_whole_batch_numbers(region, beta, monkeypatch, tmp_path):
+    from numcaffe.layers import parallel
+    from numcaffe.net.pycaffe import pycaffe as caffe
+    proto = tmp_path / "net.prototxt"
+    proto.write_text('force_backward: true input: "data" input_shape { dim: 5 dim: 7 dim: 6 dim: 5 }\n'
+                     'layer { name: "lrn" type: "LRN" bottom: "data" top: "lrn" '
+                     f'lrn_param {{ local_size: 3 alpha: 0.5 beta: {beta} norm_region: {region} }} }}')
+    results, runs = [], []
+    real_run = parallel.Team.run
+    monkeypatch.setattr(parallel.Team, "run", lambda team, fn, shares: runs.append(shares) or real_run(team, fn, shares))
+    for shares_min in (1 << 62, 1):
+        monkeypatch.setattr(parallel, "SHARE_MIN", shares_min)
+        threads.set_threads(2)
+        net = caffe.Net(str(proto), caffe.TEST)
+        r = np.random.default_rng(4)
+        net.blobs["data"].data[...] = r.standard_normal(net.blobs["data"].shape)
+        net.forward()
+        net.blobs["lrn"].diff[...] = r.standard_normal(net.blobs["lrn"].shape)
+        net.backward()
+        results.append((net.blobs["lrn"].data.copy(), net.blobs["data"].diff.copy()))
+    assert runs == [2, 2]                      # forward and backward of the second net ran in shares
+    for a, b in zip(*results):
+        assert np.abs(a).max() > 0.1
+        same(a, b)
