@@ -250,9 +250,11 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 forward(x, y, bias, 0, self.num)
             else:
                 team().run(lambda s: forward(x, y, bias, *share(self.num, s, shares)), shares)
-        # One chunk holds each share's images: backward reuses these columns for the weight gradient.
+        # One chunk holds each share's images: backward reuses these columns for the weight gradient
+        # (if it cuts the batch the same way: the thread budget may change in between).
         self._cached = (self.layout != DEPTHWISE and len(bottom) == 1
                         and self.chunk >= -(-self.num // shares))
+        self._cached_shares = shares
 
     def Backward_cpu(self, top, propagate_down, bottom):
         want_w = self.param_propagate_down[0]
@@ -261,6 +263,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         db = self.blobs[1].flat_diff if self.bias_term else NO_BIAS
         backward = getattr(self, "_backward_" + self.layout)
         shares = self._shares()
+        self._cached = self._cached and self._cached_shares == shares
         for i, (b, t) in enumerate(zip(bottom, top)):
             x, dy, dx, want_dx = b.flat_data, t.flat_diff, b.flat_diff, propagate_down[i]
             if not (want_w or want_dx):

@@ -383,3 +383,26 @@ def test_lrn_in_image_shares_gives_bitwise_the_whole_batch_numbers(region, beta,
     for a, b in zip(*results):
         assert np.abs(a).max() > 0.1
         same(a, b)
+
+
+def test_a_thread_budget_changed_between_forward_and_backward_never_reuses_anothers_columns(monkeypatch, tmp_path):
+    from numcaffe.layers import parallel
+    from numcaffe.net.pycaffe import pycaffe as caffe
+    monkeypatch.setattr(parallel, "SHARE_MIN", 1)
+    proto = tmp_path / "net.prototxt"
+    proto.write_text('force_backward: true input: "data" input_shape { dim: 4 dim: 3 dim: 17 dim: 16 }\n'
+                     'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { '
+                     'num_output: 5 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }')
+    grads = []
+    for forward_threads in (1, 2):               # backward always on one thread
+        threads.set_threads(forward_threads)
+        net = caffe.Net(str(proto), caffe.TEST)
+        r = np.random.default_rng(8)
+        net.blobs["data"].data[...] = r.standard_normal(net.blobs["data"].shape)
+        net.params["conv"][0].data[...] = r.standard_normal(net.params["conv"][0].shape)
+        net.forward()
+        threads.set_threads(1)
+        net.blobs["conv"].diff[...] = 1.0
+        net.backward()
+        grads.append(net.params["conv"][0].diff.copy())
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)
