@@ -44,7 +44,7 @@ from numcaffe.layers.depthwise import (depthwise_backward, depthwise_backward_s1
 from numcaffe.layers.geometry import conv_output_shape, conv_window
 from numcaffe.layers.im2col import (NO_BIAS, Im2colGeometry, add_bias, bias_grad, col2im_nhwc, from_cols,
                                     from_rows, im2col_nhwc, to_cols, to_rows)
-from numcaffe.layers.parallel import image_shares, pick, share, team
+from numcaffe.layers.parallel import image_shares, in_shares, pick
 from numcaffe.layers.workspace import Scratch
 from numcaffe.net.blob import Blob
 from numcaffe.net.errors import ConfigError
@@ -246,10 +246,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         shares = self._shares()
         for b, t in zip(bottom, top):
             x, y = b.flat_data, t.flat_data
-            if shares == 1:
-                forward(x, y, bias, 0, self.num)
-            else:
-                team().run(lambda s: forward(x, y, bias, *share(self.num, s, shares)), shares)
+            in_shares(self.num, shares, lambda lo, hi: forward(x, y, bias, lo, hi))
         # One chunk holds each share's images: backward reuses these columns for the weight gradient
         # (if it cuts the batch the same way: the thread budget may change in between).
         self._cached = (self.layout != DEPTHWISE and len(bottom) == 1
@@ -272,7 +269,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
             elif shares == 1:
                 backward(x, dy, dx, want_w, want_b, dW, db, want_dx, 0, self.num, self._cached)
             else:
-                def one(s):
+                def one(lo, hi):
                     # each share sums its images' parameter gradients apart; they are added below,
                     # in share order (a run is bitwise itself at a fixed thread count)
                     acc_w, acc_b = dW, db
@@ -282,10 +279,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
                     if want_b:
                         acc_b = self.buffers.get("share_db", db.size)
                         acc_b[...] = 0.0
-                    backward(x, dy, dx, want_w, want_b, acc_w, acc_b, want_dx, *share(self.num, s, shares),
-                             self._cached)
+                    backward(x, dy, dx, want_w, want_b, acc_w, acc_b, want_dx, lo, hi, self._cached)
                     return acc_w, acc_b
-                for acc_w, acc_b in team().run(one, shares):
+                for acc_w, acc_b in in_shares(self.num, shares, one):
                     if want_w:
                         dW += acc_w
                     if want_b:

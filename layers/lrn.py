@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from numcaffe.layers.base import Layer, register
-from numcaffe.layers.parallel import image_shares, share, team
+from numcaffe.layers.parallel import image_shares, in_shares
 from numcaffe.net.errors import ConfigError
 from numcaffe.net.proto import caffe_pb2
 
@@ -165,12 +165,7 @@ class LRNLayer(Layer):
 
     def _by_images(self, blob, step):
         """``step(lo, hi)`` over images lo .. hi of ``blob``: all at once, or in shares on the team."""
-        N = blob.shape[0]
-        shares = image_shares(N, blob.count * VALUE_COST)
-        if shares == 1:
-            step(0, N)
-        else:
-            team().run(lambda s: step(*share(N, s, shares)), shares)
+        in_shares(blob.shape[0], image_shares(blob.shape[0], blob.count * VALUE_COST), step)
 
     def _coef(self):
         n = self.size if self.region == LP.ACROSS_CHANNELS else self.size * self.size

@@ -167,6 +167,14 @@ def team():
     return _team
 
 
+def in_shares(images, shares, step):
+    """``[step(lo, hi)]`` over ``shares`` shares of ``images`` images: on this thread when one,
+    else at once on the team (``step`` takes the first image and the one past the last)."""
+    if shares == 1:
+        return [step(0, images)]
+    return team().run(lambda s: step(*share(images, s, shares)), shares)
+
+
 def image_shares(images, work):
     """Into how many shares of images a convolution over ``images`` images doing ``work``
     multiply-adds cuts its batch: 1 (the whole batch on this thread, GEMMs on OpenBLAS's threads)
