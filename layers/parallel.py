@@ -102,8 +102,10 @@ class Team:
 
     def run(self, fn, shares):
         """``[fn(0), ..., fn(shares - 1)]``, each on its own thread, OpenBLAS at one thread meanwhile.
-        An exception in any share is raised here once every share has finished."""
+        An exception in any share, or a Ctrl-C while waiting, is raised here once every share has
+        finished: no worker is still writing into the layer's arrays when the caller goes on."""
         results, errors = [None] * shares, [None] * shares
+        interrupted = None
         with self.lock, _blas_one_thread():
             for t in range(1, shares):
                 self.inbox[t - 1].put((fn, t))
@@ -114,10 +116,16 @@ class Team:
                 errors[0] = e
             finally:
                 _local.share = False
-            for _ in range(shares - 1):
-                t, r, e = self.outbox.get()
+            waiting = shares - 1
+            while waiting:
+                try:
+                    t, r, e = self.outbox.get()
+                except BaseException as e:     # KeyboardInterrupt: wait for the shares, then raise it
+                    interrupted = interrupted or e
+                    continue
                 results[t], errors[t] = r, e
-        for e in errors:
+                waiting -= 1
+        for e in [interrupted] + errors:
             if e is not None:
                 raise e
         return results
@@ -132,7 +140,7 @@ _blas = None
 
 
 def _blas_pools():
-    """threadpoolctl's controllers of the loaded BLAS libraries, or None without threadpoolctl."""
+    """threadpoolctl's controllers of the loaded BLAS libraries (none without threadpoolctl)."""
     global _blas
     if _blas is None:
         try:

@@ -406,3 +406,40 @@ def test_a_thread_budget_changed_between_forward_and_backward_never_reuses_anoth
         net.backward()
         grads.append(net.params["conv"][0].diff.copy())
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_ctrl_c_while_the_caller_waits_is_raised_after_every_share_has_finished():
+    import threading
+
+    from numcaffe.layers.parallel import team
+    threads.set_threads(2)
+    crew = team()
+    finished = threading.Event()
+
+    def slow(t):
+        if t == 1:
+            finished.wait(0.2)
+            finished.set()
+        return t
+
+    class Interrupting:                          # the first wait is cut by a Ctrl-C
+        def __init__(self, box):
+            self.box, self.cut = box, False
+
+        def get(self):
+            if not self.cut:
+                self.cut = True
+                raise KeyboardInterrupt
+            return self.box.get()
+
+        def put(self, item):
+            self.box.put(item)
+    real = crew.outbox
+    crew.outbox = Interrupting(real)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            crew.run(slow, 2)
+        assert finished.is_set()                 # share 1 was done before run let go
+    finally:
+        crew.outbox = real
+    assert crew.run(lambda t: ("fresh", t), 2) == [("fresh", 0), ("fresh", 1)]   # nothing stale is left over
