@@ -125,9 +125,7 @@ def numcaffe_net(name, workdir):
     # backward pass (as torch's no_grad keeps nothing); same weights and input.
     param.force_backward = False
     infer = Net(param, 1)
-    for layer, twin in zip(net.layers, infer.layers):
-        for b, c in zip(layer.blobs, twin.blobs):
-            c.data[...] = b.data
+    infer.share_trained_layers_with(net)
     for n in net.inputs:
         infer.blobs[n].data[...] = net.blobs[n].data
     return net, infer, input_diff
@@ -310,7 +308,6 @@ def main():
                   sys.stdout)
         return
 
-    sys.path.insert(0, ROOT)
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(args.threads)
